@@ -1,0 +1,124 @@
+"""Architecture parameters and derivation: temperature softmax (eq. 5), the DARTS top-2 rule
+(eq. 4), and differentiable sparsification for topology (EnTranNAS-DST, eqs. 7-11).
+
+Everything here reads alpha/beta only, so deriving a cell every iteration is cheap.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "NUM_NODES",
+    "EDGES",
+    "edge_index",
+    "node_edges",
+    "Selection",
+    "softmax_t",
+    "dst_coefficients",
+    "derive_top2",
+    "derive_dst",
+    "dst_regulariser",
+    "temperature",
+]
+
+NUM_NODES = 4  # intermediate nodes per cell; nodes 0 and 1 are the cell inputs
+
+# DARTS edge order: node 2 <- 0, 1; node 3 <- 0, 1, 2; node 4 <- 0..3; node 5 <- 0..4.
+EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for j in range(2, 2 + NUM_NODES) for i in range(j))
+_EDGE_INDEX = {e: n for n, e in enumerate(EDGES)}
+
+
+def edge_index(i: int, j: int) -> int:
+    return _EDGE_INDEX[(i, j)]
+
+
+def node_edges(j: int) -> range:
+    """Rows of alpha holding the edges into intermediate node j (j = 2..5)."""
+    start = (j - 2) * (j + 1) // 2  # 0, 2, 5, 9
+    return range(start, start + j)
+
+
+# A derived cell as the cells consume it: per intermediate node, the (input, op index) pairs.
+Selection = tuple[tuple[tuple[int, int], ...], ...]
+
+
+def softmax_t(alpha: torch.Tensor, tau: float) -> torch.Tensor:
+    """Eq. 5: p = softmax(alpha / tau) over the ops of each edge."""
+    return torch.softmax(alpha / tau, dim=-1)
+
+
+def dst_coefficients(alpha: torch.Tensor, beta: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """q_hat of EnTranNAS-DST (eqs. 5, 7-9) for one cell type.
+
+    alpha: [14, K] in DARTS edge order; beta: [4], one threshold logit per intermediate node.
+    Returns q_hat of alpha's shape: zero on pruned connections, summing to 1 over the ops of
+    every edge that keeps at least one, differentiable w.r.t. alpha and beta.
+    """
+    if alpha.dim() != 2 or alpha.shape[0] != len(EDGES):
+        raise ValueError(f"alpha must have shape [{len(EDGES)}, K], got {list(alpha.shape)}")
+    if beta.shape != (NUM_NODES,):
+        raise ValueError(f"beta must have shape [{NUM_NODES}], got {list(beta.shape)}")
+    p = softmax_t(alpha, tau)
+    out = []
+    for m, j in enumerate(range(2, 2 + NUM_NODES)):
+        rows = node_edges(j)
+        pj = p[rows.start:rows.stop]
+        p_hat = pj / pj.max()  # eq. 7: connection normalisation over all (i, k) into node j
+        q = torch.relu(p_hat - torch.sigmoid(beta[m]))  # eq. 8
+        s = q.sum(dim=-1, keepdim=True)
+        # eq. 9; edges with no surviving op keep q_hat = 0 (the safe denominator avoids 0/0,
+        # whose NaN would poison the gradient even through torch.where).
+        out.append(q / torch.where(s > 0, s, torch.ones_like(s)))
+    return torch.cat(out, dim=0)
+
+
+def dst_regulariser(betas: torch.Tensor) -> torch.Tensor:
+    """Eq. 11's sparsity term for one cell type: mean over nodes of -log(sigmoid(beta_j)).
+
+    Written as softplus(-beta), which equals -log(sigmoid(beta)) without underflow.
+    """
+    return torch.nn.functional.softplus(-betas).mean()
+
+
+def derive_top2(weights: torch.Tensor, none_index: int | None) -> Selection:
+    """The DARTS rule: per node, the two edges with the largest non-`none` weight, and on each
+    the argmax non-`none` op. Edges are listed strongest first; ties go to the lower index."""
+    w = weights.detach().to("cpu", torch.float64)
+    if none_index is not None:
+        w[:, none_index] = float("-inf")
+    best, best_op = w.max(dim=-1)
+    best, best_op = best.tolist(), best_op.tolist()
+    nodes = []
+    for j in range(2, 2 + NUM_NODES):
+        rows = node_edges(j)
+        ranked = sorted(range(j), key=lambda i: -best[rows.start + i])[:2]  # stable sort
+        nodes.append(tuple((i, best_op[rows.start + i]) for i in ranked))
+    return tuple(nodes)
+
+
+def derive_dst(q_hat: torch.Tensor) -> Selection:
+    """Eq. 10: S_j = {(i, k) : q_hat > 0}, in (input, op) order."""
+    active = (q_hat.detach() > 0).to("cpu")
+    nodes = []
+    for j in range(2, 2 + NUM_NODES):
+        rows = node_edges(j)
+        pairs = active[rows.start:rows.stop].nonzero().tolist()
+        nodes.append(tuple((i, k) for i, k in pairs))
+    return tuple(nodes)
+
+
+@dataclass(frozen=True)
+class Temperature:
+    """tau(epoch) = tau0 * decay ** epoch (the paper anneals once per epoch)."""
+
+    tau0: float = 1.0
+    decay: float = 1.0
+
+    def __call__(self, epoch: float) -> float:
+        return self.tau0 * self.decay ** epoch
+
+
+def temperature(tau0: float, decay: float, epoch: float) -> float:
+    return Temperature(tau0, decay)(epoch)

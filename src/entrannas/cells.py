@@ -1,0 +1,151 @@
+"""Search cells: the Engine-cell (whole DAG, mixed ops) and the Transit-cell (only the derived
+cell of the current iteration), paper section 2.2, with feature sharing (eq. 6) and the
+bottleneck (section 2.5).
+
+One cell class holds every candidate op, because the derived architecture a Transit-cell runs
+changes from step to step and because the child-net (Table 1) runs Engine-cells as
+Transit-cells. `EngineCell` and `TransitCell` differ only in what `forward` does.
+
+Op instances live in "units": one unit per source node with feature sharing (weights
+w_k^(i), eq. 6), one unit per edge without it (weights w_k^(i,j), eq. 1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .arch import EDGES, NUM_NODES, Selection, edge_index
+from .ops import POOLS, FactorizedReduce, ReLUConvBN, build_op
+
+__all__ = ["SearchCell", "EngineCell", "TransitCell", "ConvBN1x1"]
+
+
+class ConvBN1x1(nn.Sequential):
+    """The bottleneck's projections: 1x1 conv + BN, linear so no sign information is lost
+    before the ops (every parametric op starts with its own ReLU)."""
+
+    def __init__(self, C_in: int, C_out: int):
+        super().__init__(nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=False))
+
+
+class SearchCell(nn.Module):
+    def __init__(self, op_names: tuple[str, ...], C_prev_prev: int, C_prev: int, C: int,
+                 reduction: bool, reduction_prev: bool, feature_sharing: bool = False,
+                 bottleneck: int = 1):
+        super().__init__()
+        if C % bottleneck:
+            raise ValueError(f"bottleneck ratio {bottleneck} must divide the cell width {C}")
+        self.op_names = tuple(op_names)
+        self.reduction = reduction
+        self.feature_sharing = feature_sharing
+        self.bottleneck = bottleneck
+        self.multiplier = NUM_NODES
+        # Search cells use affine-free BatchNorm, as DARTS does.
+        self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
+                            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        C_op = C // bottleneck
+        if bottleneck > 1:
+            self.squeeze = nn.ModuleList(ConvBN1x1(C, C_op) for _ in range(1 + NUM_NODES))
+            self.expand = nn.ModuleList(ConvBN1x1(C_op, C) for _ in range(NUM_NODES))
+        sources = range(1 + NUM_NODES) if feature_sharing else [i for i, _ in EDGES]
+        self.ops = nn.ModuleList(
+            nn.ModuleList(build_op(name, C_op, 2 if reduction and i < 2 else 1, affine=False)
+                          for name in self.op_names)
+            for i in sources)
+        # DARTS normalises pooling outputs before mixing them with BN'd conv outputs. That only
+        # matters for the weighted sum: a Transit-cell (like the target-net) runs plain pools.
+        self.pool_ops = tuple(k for k, name in enumerate(self.op_names) if name in POOLS)
+        self.mix_norm = nn.ModuleDict({
+            f"{u}_{k}": nn.BatchNorm2d(C_op, affine=False)
+            for u in range(len(sources)) for k in self.pool_ops})
+
+    # -- shared plumbing -------------------------------------------------------------------
+    def _unit(self, i: int, j: int) -> int:
+        return i if self.feature_sharing else edge_index(i, j)
+
+    def _inputs(self, s0, s1):
+        return [self.preprocess0(s0), self.preprocess1(s1)]
+
+    def _source(self, states, squeezed, i):
+        """Node i as its ops see it: squeezed by the bottleneck once, then reused."""
+        if self.bottleneck == 1:
+            return states[i]
+        if squeezed[i] is None:
+            squeezed[i] = self.squeeze[i](states[i])
+        return squeezed[i]
+
+    def _finish(self, states, squeezed, acc, j):
+        states.append(self.expand[j - 2](acc) if self.bottleneck > 1 else acc)
+        squeezed.append(None)
+
+    # -- the two modes -----------------------------------------------------------------------
+    def forward_engine(self, s0, s1, coeff: torch.Tensor, active: list[list[int]]):
+        """Engine-cell: x_j = sum_{i<j} sum_k coeff_k^(i,j) o_k(x_i) (eqs. 1 and 6).
+
+        coeff: [14, K] (p for EnTranNAS/DARTS, q_hat for DST); active[e]: the op indices of
+        edge e with a non-zero coefficient (never `none`, whose output is zero). Ops off that
+        list are not computed at all: their term is exactly zero, and so is its gradient.
+        """
+        states, squeezed = self._inputs(s0, s1), [None, None]
+        # Per unit, the op list it computes and the stacked features [n_ops, B, C, H, W].
+        if self.feature_sharing:
+            want = [sorted({k for j in range(max(i + 1, 2), 2 + NUM_NODES)
+                            for k in active[edge_index(i, j)]}) for i in range(1 + NUM_NODES)]
+        features: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for j in range(2, 2 + NUM_NODES):
+            acc = None
+            for i in range(j):
+                e = edge_index(i, j)
+                if not active[e]:
+                    continue
+                u = self._unit(i, j)
+                if u not in features:
+                    ks = want[i] if self.feature_sharing else active[e]
+                    x = self._source(states, squeezed, i)
+                    stacked = torch.stack([self._mixed_op(u, k, x) for k in ks])
+                    features[u] = (torch.tensor(ks, device=coeff.device), stacked)
+                ks, stacked = features[u]
+                # One contraction over the stacked ops instead of a chain of scalar
+                # multiply-adds; ops of the unit inactive on this edge get coefficient 0.
+                term = torch.tensordot(coeff[e].index_select(0, ks), stacked, dims=1)
+                acc = term if acc is None else acc + term
+            self._finish(states, squeezed, acc, j)
+        return torch.cat(states[2:], dim=1)
+
+    def _mixed_op(self, u, k, x):
+        y = self.ops[u][k](x)
+        return self.mix_norm[f"{u}_{k}"](y) if k in self.pool_ops else y
+
+    def forward_transit(self, s0, s1, selection: Selection):
+        """Transit-cell: x_j = sum_{(i,k) in S_j} o_k(x_i), unweighted (eq. 6).
+
+        Computes exactly the derived cell: each selected (source, op) once when features are
+        shared, each selected (edge, op) once otherwise, and nothing else.
+        """
+        states, squeezed = self._inputs(s0, s1), [None, None]
+        cache: dict[tuple[int, int], torch.Tensor] = {}
+        for m, pairs in enumerate(selection):
+            j = m + 2
+            acc = None
+            for i, k in pairs:
+                key = (self._unit(i, j), k)
+                if key not in cache:
+                    cache[key] = self.ops[key[0]][k](self._source(states, squeezed, i))
+                acc = cache[key] if acc is None else acc + cache[key]
+            self._finish(states, squeezed, acc, j)
+        return torch.cat(states[2:], dim=1)
+
+
+class EngineCell(SearchCell):
+    """Carries the whole DAG with mixed ops and drives the architecture search."""
+
+    def forward(self, s0, s1, coeff, active):
+        return self.forward_engine(s0, s1, coeff, active)
+
+
+class TransitCell(SearchCell):
+    """Runs only the architecture derived from the Engine-cell of its type."""
+
+    def forward(self, s0, s1, selection):
+        return self.forward_transit(s0, s1, selection)

@@ -1,0 +1,253 @@
+"""The search network (super-net) and its four switches (SPEC section 2, paper Table 3):
+engine-cell placement, feature sharing, bottleneck, temperature; plus the derivation rule.
+
+`method` picks the defaults: "darts" turns every switch off, "entrannas" and "dst" are the
+paper's settings. Each switch can also be set by keyword.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .arch import (EDGES, NUM_NODES, Selection, Temperature, derive_dst, derive_top2,
+                   dst_coefficients, dst_regulariser, edge_index, softmax_t)
+from .cells import EngineCell, TransitCell
+from .ops import op_names
+
+__all__ = ["SuperNet", "METHOD_DEFAULTS", "resolve_engine_cells", "ArchState"]
+
+METHOD_DEFAULTS: dict[str, dict] = {
+    "darts": dict(engine_cells="all", feature_sharing=False, bottleneck=1, tau0=1.0,
+                  tau_decay=1.0, derivation="top2"),
+    "entrannas": dict(engine_cells="first", feature_sharing=True, bottleneck=4, tau0=5.0,
+                      tau_decay=0.923, derivation="top2"),
+    "dst": dict(engine_cells="first", feature_sharing=True, bottleneck=4, tau0=5.0,
+                tau_decay=0.923, derivation="dst"),
+}
+CELL_TYPES = ("normal", "reduce")
+
+
+def reduction_layers(layers: int) -> tuple[int, int]:
+    return layers // 3, 2 * layers // 3
+
+
+def resolve_engine_cells(spec, layers: int) -> tuple[int, ...]:
+    """Which cells are Engine-cells. `first`/`last`: the first/last normal and reduction cell;
+    `half`: the first half (rounded up) of the normal cells and of the reduction cells;
+    `all`: every cell (DARTS); or explicit indices. Each cell type needs one Engine-cell,
+    since only Engine-cells give its architecture parameters a gradient."""
+    red = set(reduction_layers(layers))
+    normal = [c for c in range(layers) if c not in red]
+    reduce = sorted(red)
+    if isinstance(spec, str):
+        if spec == "all":
+            chosen = list(range(layers))
+        elif spec == "first":
+            chosen = [normal[0], reduce[0]]
+        elif spec == "last":
+            chosen = [normal[-1], reduce[-1]]
+        elif spec == "half":
+            chosen = normal[: (len(normal) + 1) // 2] + reduce[: (len(reduce) + 1) // 2]
+        else:
+            raise ValueError(f"engine_cells must be all, first, last, half or a list of cell "
+                             f"indices, got {spec!r}")
+    else:
+        chosen = [int(c) for c in spec]
+        bad = [c for c in chosen if not 0 <= c < layers]
+        if bad:
+            raise ValueError(f"engine cell indices {bad} are out of range 0..{layers - 1}")
+    chosen = sorted(set(chosen))
+    if not any(c in red for c in chosen) or all(c in red for c in chosen):
+        raise ValueError(f"engine cells {chosen} must include at least one normal cell and one "
+                         f"reduction cell (reduction cells are {reduce})")
+    return tuple(chosen)
+
+
+@dataclass
+class ArchState:
+    """The architecture of one iteration, derived once and shared by all cells of a type."""
+
+    coeff: dict[str, torch.Tensor] = field(default_factory=dict)  # p or q_hat, [14, K]
+    active: dict[str, list[list[int]]] = field(default_factory=dict)  # per edge, ops to compute
+    selection: dict[str, Selection] = field(default_factory=dict)  # the derived cell
+
+
+class SuperNet(nn.Module):
+    def __init__(self, method: str = "entrannas", C: int = 16, layers: int = 8,
+                 num_classes: int = 10, space: str = "standard", in_channels: int = 3,
+                 stem: str = "cifar", engine_cells=None, feature_sharing: bool | None = None,
+                 bottleneck: int | None = None, tau0: float | None = None,
+                 tau_decay: float | None = None, derivation: str | None = None,
+                 dst_lambda: float = 0.1, stem_multiplier: int = 3):
+        super().__init__()
+        if method not in METHOD_DEFAULTS:
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_DEFAULTS)}")
+        given = dict(engine_cells=engine_cells, feature_sharing=feature_sharing,
+                     bottleneck=bottleneck, tau0=tau0, tau_decay=tau_decay, derivation=derivation)
+        cfg = {k: (METHOD_DEFAULTS[method][k] if v is None else v) for k, v in given.items()}
+        if cfg["derivation"] not in ("top2", "dst"):
+            raise ValueError(f"derivation must be top2 or dst, got {cfg['derivation']!r}")
+        if int(cfg["bottleneck"]) < 1:
+            raise ValueError(f"bottleneck ratio must be >= 1, got {cfg['bottleneck']}")
+        if float(cfg["tau0"]) <= 0 or float(cfg["tau_decay"]) <= 0:
+            raise ValueError("tau0 and tau_decay must be positive")
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be cifar or imagenet, got {stem!r}")
+        if layers < 3:
+            raise ValueError(f"a super-net needs at least 3 cells (two are reduction cells), got {layers}")
+        self.method = method
+        self.C, self.layers, self.num_classes = C, layers, num_classes
+        self.space, self.in_channels, self.stem_type = space, in_channels, stem
+        self.derivation = cfg["derivation"]
+        self.feature_sharing = bool(cfg["feature_sharing"])
+        self.bottleneck = int(cfg["bottleneck"])
+        self.temperature = Temperature(float(cfg["tau0"]), float(cfg["tau_decay"]))
+        self.tau = self.temperature(0)
+        self.dst_lambda = float(dst_lambda)
+        # DST learns topology explicitly, so it searches without `none` (SPEC section 1).
+        self.op_names = op_names(space, include_none=self.derivation != "dst")
+        self.none_index = self.op_names.index("none") if "none" in self.op_names else None
+        self.engine_cells = resolve_engine_cells(cfg["engine_cells"], layers)
+
+        self._build_stem(in_channels, C, stem_multiplier)
+        red = reduction_layers(layers)
+        C_pp, C_p, C_curr = self._stem_out, self._stem_out, C
+        reduction_prev = stem == "imagenet"
+        if stem == "imagenet":
+            C_pp = C_p = C
+        self.cells = nn.ModuleList()
+        for c in range(layers):
+            reduction = c in red
+            if reduction:
+                C_curr *= 2
+            cls = EngineCell if c in self.engine_cells else TransitCell
+            self.cells.append(cls(self.op_names, C_pp, C_p, C_curr, reduction, reduction_prev,
+                                  self.feature_sharing, self.bottleneck))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, NUM_NODES * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+
+        K = len(self.op_names)
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(len(EDGES), K))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(len(EDGES), K))
+        if self.derivation == "dst":
+            # beta = 0 -> t = 0.5: every connection starts active (SPEC section 3).
+            self.beta_normal = nn.Parameter(torch.zeros(NUM_NODES))
+            self.beta_reduce = nn.Parameter(torch.zeros(NUM_NODES))
+
+    def _build_stem(self, in_channels, C, multiplier):
+        if self.stem_type == "cifar":
+            self._stem_out = multiplier * C
+            self.stem = nn.Sequential(nn.Conv2d(in_channels, self._stem_out, 3, padding=1, bias=False),
+                                      nn.BatchNorm2d(self._stem_out))
+            return
+        # ImageNet: three stride-2 3x3 convs, 224 -> 28 (paper section 4.3).
+        self._stem_out = C
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+        self.stem1 = nn.Sequential(nn.ReLU(inplace=False),
+                                   nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+
+    # -- parameters ------------------------------------------------------------------------
+    def _arch_names(self) -> tuple[str, ...]:
+        names = ("alpha_normal", "alpha_reduce")
+        return names + (("beta_normal", "beta_reduce") if self.derivation == "dst" else ())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [getattr(self, n) for n in self._arch_names()]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = set(self._arch_names())
+        return [p for n, p in self.named_parameters() if n not in arch]
+
+    def alpha(self, cell_type: str) -> nn.Parameter:
+        return getattr(self, f"alpha_{cell_type}")
+
+    def beta(self, cell_type: str) -> nn.Parameter:
+        return getattr(self, f"beta_{cell_type}")
+
+    # -- temperature and derivation ------------------------------------------------------
+    def set_epoch(self, epoch: float) -> float:
+        """Anneal the temperature (eq. 5) for the given (fractional) epoch; returns tau."""
+        self.tau = self.temperature(epoch)
+        return self.tau
+
+    def thresholds(self, cell_type: str) -> torch.Tensor:
+        """DST thresholds t_j = sigmoid(beta_j)."""
+        return torch.sigmoid(self.beta(cell_type))
+
+    def dst_regulariser(self) -> torch.Tensor:
+        """lambda * mean_j -log(t_j) (eq. 11), summed over the two cell types; 0 without DST."""
+        if self.derivation != "dst":
+            return self.alpha_normal.new_zeros(())
+        return self.dst_lambda * sum(dst_regulariser(self.beta(t)) for t in CELL_TYPES)
+
+    def coefficients(self, cell_type: str) -> torch.Tensor:
+        """The Engine-cell coefficients of a cell type: p (eq. 5) or q_hat (eqs. 7-9)."""
+        if self.derivation == "dst":
+            return dst_coefficients(self.alpha(cell_type), self.beta(cell_type), self.tau)
+        return softmax_t(self.alpha(cell_type), self.tau)
+
+    def arch_state(self, need_selection: bool = True) -> ArchState:
+        state = ArchState()
+        all_ops = [k for k in range(len(self.op_names)) if k != self.none_index]
+        for t in CELL_TYPES:
+            coeff = self.coefficients(t)
+            state.coeff[t] = coeff
+            if self.derivation == "dst":
+                sel = derive_dst(coeff)
+                state.selection[t] = sel
+                active = [[] for _ in EDGES]
+                for m, pairs in enumerate(sel):
+                    for i, k in pairs:
+                        active[edge_index(i, m + 2)].append(k)
+                state.active[t] = active
+            else:
+                state.active[t] = [all_ops] * len(EDGES)
+                if need_selection:
+                    state.selection[t] = derive_top2(coeff, self.none_index)
+        return state
+
+    def selection_to_genotype(self, selection: dict[str, Selection]):
+        from .genotype import CellGenotype, Genotype
+        cells = {t: CellGenotype(nodes=tuple(tuple((self.op_names[k], i) for i, k in pairs)
+                                             for pairs in selection[t]))
+                 for t in CELL_TYPES}
+        return Genotype(normal=cells["normal"], reduce=cells["reduce"], space=self.space)
+
+    def genotype(self):
+        """The architecture derived at this moment (the final genotype at the end of search)."""
+        with torch.no_grad():
+            return self.selection_to_genotype(self.arch_state().selection)
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, child: bool = False) -> torch.Tensor:
+        """Logits. `child=True` runs every cell as a Transit-cell on the derived architecture:
+        the child-net of paper Table 1 (same weights, derived paths only)."""
+        has_transit = child or len(self.engine_cells) < self.layers
+        state = self.arch_state(need_selection=has_transit)
+        if self.stem_type == "cifar":
+            s0 = s1 = self.stem(x)
+        else:
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        for cell in self.cells:
+            t = "reduce" if cell.reduction else "normal"
+            if child or isinstance(cell, TransitCell):
+                out = cell.forward_transit(s0, s1, state.selection[t])
+            else:
+                out = cell.forward_engine(s0, s1, state.coeff[t], state.active[t])
+            s0, s1 = s1, out
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def extra_repr(self) -> str:
+        return (f"method={self.method}, space={self.space}, engine_cells={list(self.engine_cells)}, "
+                f"feature_sharing={self.feature_sharing}, bottleneck={self.bottleneck}, "
+                f"derivation={self.derivation}, tau={self.tau:.4g}")
+
