@@ -1,0 +1,174 @@
+"""Batched data augmentation as tensor ops on whatever device the batch is on.
+
+Every random number is drawn from an explicit ``torch.Generator`` (a CPU one, normally) as
+a small per-image tensor and then moved to the batch's device, so a CPU run and a GPU run
+with the same seed draw the same crops, flips and cutouts. There is no Python loop over
+images: crop (and flip) is one ``gather`` from the once-padded batch, cutout a broadcast mask.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["random_crop", "random_flip", "cutout", "normalize", "Augment", "train_augment"]
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _draw_offsets(n: int, padding: int, generator) -> torch.Tensor:
+    # [n, 2] (dy, dx) in 0..2*padding: the crop's top-left corner in the padded image
+    return torch.randint(0, 2 * padding + 1, (n, 2), generator=generator, device=_gen_device(generator))
+
+
+def _draw_flips(n: int, p: float, generator) -> torch.Tensor:
+    return torch.rand(n, generator=generator, device=_gen_device(generator)) < p
+
+
+def _draw_centers(n: int, h: int, w: int, generator) -> torch.Tensor:
+    dev = _gen_device(generator)
+    cy = torch.randint(0, h, (n,), generator=generator, device=dev)
+    cx = torch.randint(0, w, (n,), generator=generator, device=dev)
+    return torch.stack([cy, cx], 1)
+
+
+def _crop_flip(x: torch.Tensor, padding: int, offsets: torch.Tensor | None,
+               flips: torch.Tensor | None) -> torch.Tensor:
+    """Crop each image at its offset from the zero-padded batch and mirror the flagged ones,
+    as ONE gather: output pixel (y, x) reads padded (dy + y, dx + x), or (dy + y, dx + W-1-x)
+    when flipped, i.e. exactly crop-then-flip."""
+    n, c, h, w = x.shape
+    dev = x.device
+    if offsets is None:
+        offsets = torch.full((n, 2), padding, dtype=torch.long)
+    offsets = offsets.to(dev)
+    xp = F.pad(x, (padding, padding, padding, padding)) if padding > 0 else x
+    hp, wp = h + 2 * padding, w + 2 * padding
+    rows = offsets[:, :1] + torch.arange(h, device=dev)  # [n, h]
+    cols = offsets[:, 1:] + torch.arange(w, device=dev)  # [n, w]
+    if flips is not None:
+        cols = torch.where(flips.to(dev)[:, None], cols.flip(1), cols)
+    flat = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return xp.reshape(n, c, hp * wp).gather(2, flat).view(n, c, h, w)
+
+
+def random_crop(x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None,
+                offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero-pad every image by ``padding`` and crop back to its size at a random offset
+    (uniform over the 2*padding+1 positions per axis, like torchvision's RandomCrop).
+    ``offsets`` ([N, 2] dy, dx) overrides the random draw."""
+    if offsets is None:
+        offsets = _draw_offsets(x.shape[0], padding, generator)
+    return _crop_flip(x, padding, offsets, None)
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator | None = None, p: float = 0.5,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror (left-right) each image with probability ``p``; ``mask`` ([N] bool) overrides."""
+    if mask is None:
+        mask = _draw_flips(x.shape[0], p, generator)
+    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(3), x)
+
+
+def _cutout_mask(shape, length: int, centers: torch.Tensor, device) -> torch.Tensor:
+    n, _, h, w = shape
+    centers = centers.to(device)
+    # Square of side `length` whose top-left is center - length//2, clipped at the borders
+    # (DARTS' Cutout: for even lengths identical to its [c - L/2, c + L/2) window).
+    y1 = centers[:, 0] - length // 2
+    x1 = centers[:, 1] - length // 2
+    ys = torch.arange(h, device=device)
+    xs = torch.arange(w, device=device)
+    in_y = (ys >= y1[:, None]) & (ys < (y1 + length)[:, None])  # [n, h]
+    in_x = (xs >= x1[:, None]) & (xs < (x1 + length)[:, None])  # [n, w]
+    return (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1)  # [n, 1, h, w]
+
+
+def cutout(x: torch.Tensor, length: int, generator: torch.Generator | None = None,
+           centers: torch.Tensor | None = None, fill: float = 0.0) -> torch.Tensor:
+    """Set one ``length`` x ``length`` square per image (centre uniform over the image,
+    clipped at the borders) to ``fill``. ``centers`` ([N, 2] cy, cx) overrides the draw."""
+    if length <= 0:
+        return x
+    if centers is None:
+        centers = _draw_centers(x.shape[0], x.shape[2], x.shape[3], generator)
+    return x.masked_fill(_cutout_mask(x.shape, length, centers, x.device), fill)
+
+
+def _affine(mean, std, channels: int, device, scale: float):
+    mean = torch.as_tensor(mean if mean is not None else 0.0, dtype=torch.float32)
+    std = torch.as_tensor(std if std is not None else 1.0, dtype=torch.float32)
+    mean = mean.expand(channels) if mean.dim() == 0 else mean
+    std = std.expand(channels) if std.dim() == 0 else std
+    return (scale / std).view(1, -1, 1, 1).to(device), (mean / std).view(1, -1, 1, 1).to(device)
+
+
+def normalize(x: torch.Tensor, mean: Sequence[float] | None = None,
+              std: Sequence[float] | None = None) -> torch.Tensor:
+    """float32 ``(x/255 - mean) / std`` for uint8 input, ``(x - mean) / std`` for float input
+    (taken to be in [0, 1]); ``mean``/``std`` are per channel. Never modifies ``x``."""
+    scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
+    mul, sub = _affine(mean, std, x.shape[1], x.device, scale)
+    return _scale_shift(x, mul, sub)
+
+
+def _scale_shift(x: torch.Tensor, mul: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
+    # In place on the fresh float copy (one pass fewer); out of place when x is already
+    # float32, because .to() then returns x itself.
+    if x.dtype == torch.float32:
+        return (x * mul).sub_(sub)
+    return x.to(torch.float32).mul_(mul).sub_(sub)
+
+
+class Augment:
+    """Crop (zero padding ``padding``), flip, then optionally normalise and cutout, on a batch.
+
+    The order follows DARTS: crop and flip act on raw pixels (so padding is black), cutout
+    acts after normalisation (so the hole is 0 in normalised units, the mean colour). Without
+    ``mean``/``std`` the output keeps the input dtype and cutout writes ``fill``.
+    Random draws happen in a fixed order (offsets, flips, cutout centres), so applying
+    :func:`random_crop`, :func:`random_flip`, :func:`cutout` one after another with the same
+    generator state gives the same result.
+    """
+
+    def __init__(self, padding: int = 4, flip: bool = True, cutout: int = 0,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 flip_p: float = 0.5, fill: float = 0.0):
+        self.padding, self.flip, self.cutout = int(padding), bool(flip), int(cutout)
+        self.mean, self.std = mean, std
+        self.flip_p, self.fill = float(flip_p), float(fill)
+        self._cache: dict = {}  # (device, channels, dtype) -> normalisation constants
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        offsets = _draw_offsets(n, self.padding, generator) if self.padding > 0 else None
+        flips = _draw_flips(n, self.flip_p, generator) if self.flip else None
+        centers = _draw_centers(n, h, w, generator) if self.cutout > 0 else None
+        fresh = False  # whether x is our own tensor (then in-place ops are safe)
+        if offsets is not None or flips is not None:
+            x, fresh = _crop_flip(x, self.padding, offsets, flips), True
+        if self.mean is not None or self.std is not None:
+            key = (x.device, c, x.dtype)
+            if key not in self._cache:
+                scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
+                self._cache[key] = _affine(self.mean, self.std, c, x.device, scale)
+            mul, sub = self._cache[key]
+            x, fresh = _scale_shift(x, mul, sub), True
+        if centers is not None:
+            mask = _cutout_mask(x.shape, self.cutout, centers, x.device)
+            x = x.masked_fill_(mask, self.fill) if fresh else x.masked_fill(mask, self.fill)
+        return x
+
+    def __repr__(self) -> str:
+        return (f"Augment(padding={self.padding}, flip={self.flip}, cutout={self.cutout}, "
+                f"normalise={self.mean is not None})")
+
+
+def train_augment(info, cutout: int = 0, padding: int = 4, flip: bool = True) -> Augment:
+    """The standard training augmentation for an in-memory dataset described by ``info``
+    (a :class:`DatasetInfo`): pad-4 crop, flip, optional cutout, normalised with its stats.
+    Fashion-MNIST gets the same (flips are harmless there and keep configs uniform)."""
+    return Augment(padding=padding, flip=flip, cutout=cutout, mean=info.mean, std=info.std)
