@@ -16,11 +16,11 @@ import copy
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fsutil import atomic_write_text
 from .ops import SPACES
 
 __all__ = ["GenotypeError", "CellGenotype", "Genotype", "BUILTINS", "FORMAT", "load_genotype"]
@@ -220,23 +220,7 @@ class Genotype:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the JSON file atomically: a reader sees the old file or the new, never half."""
-        data = (self.validate().to_json(indent=2) + "\n").encode("utf-8")
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)      # mkstemp makes 0600; a genotype is meant to be shared
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        atomic_write_text(path, self.validate().to_json(indent=2) + "\n")
 
     # ---------------------------------------------------------------- DARTS strings
     def to_darts_string(self) -> str:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
+from .fsutil import atomic_path
 from .genotype import CellGenotype, Genotype, GenotypeError
 
 __all__ = ["plot_cell", "plot_genotype", "OP_COLORS"]
@@ -215,20 +215,9 @@ def _save(fig: Figure, path) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext not in _FORMATS:
         raise ValueError(f"cannot tell the picture format of {path!r}: use a .png, .pdf or .svg name")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=ext, dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=ext) as tmp:
         FigureCanvasAgg(fig)
         fig.savefig(tmp, dpi=150, bbox_inches="tight", facecolor="white")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
     return path
 
 
