@@ -1,0 +1,151 @@
+"""`entrannas` command line: parses arguments and calls the Python API, nothing more.
+
+Bad input (missing data, unknown preset or key, malformed genotype, corrupt checkpoint) ends
+with one line on stderr and exit code 2; Ctrl-C saves a checkpoint and exits with 130.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_config_args(p: argparse.ArgumentParser, kind: str) -> None:
+    p.add_argument("--config", "-c", help=f"a preset name (see `entrannas presets`) or a YAML file")
+    p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
+    p.add_argument("--out", "-o", help="the run folder (default: runs/<preset>-s<seed>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help=f"continue a stopped {kind} run from its checkpoint")
+    p.add_argument("--quiet", "-q", action="store_true", help="log to RUN/log.txt only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="entrannas", description="Differentiable NAS: EnTranNAS, "
+                                 "EnTranNAS-DST and DARTS. Search a cell, look at it, retrain and measure it.")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("search", help="search a cell (bi-level, first order)")
+    _add_config_args(s, "search")
+    s.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="run one search per seed and keep the best by validation accuracy")
+
+    p = sub.add_parser("plot", help="draw the normal and reduction cells of a genotype")
+    p.add_argument("genotype", help="a genotype JSON file, a DARTS-style string, or a built-in name")
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
+    p.add_argument("--title")
+
+    sub.add_parser("presets", help="list the built-in config presets")
+    sc = sub.add_parser("show-config", help="print a resolved config as YAML")
+    sc.add_argument("config", help="a preset name or a YAML file")
+    sc.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_later_commands(sub)
+    return ap
+
+
+def _add_later_commands(sub) -> None:
+    """Commands implemented in their own modules register here if present."""
+    try:
+        from . import cli_train
+    except ImportError:
+        return
+    cli_train.add_commands(sub, _add_config_args)
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .genotype import GenotypeError
+    from .rundir import RunError
+    return ConfigError, DataError, GenotypeError, CheckpointError, RunError, FloatingPointError
+
+
+def cmd_search(args) -> int:
+    from .config import load_config
+    from .search import resume_search, run_search, run_search_seeds
+    if args.resume:
+        if args.config or args.overrides:
+            raise _usage("--resume continues a run with its own config: drop --config/--set")
+        result = resume_search(args.resume, quiet=args.quiet)
+    else:
+        if not args.config:
+            raise _usage("give --config PRESET_OR_YAML (see `entrannas presets`) or --resume RUN_DIR")
+        cfg = load_config(args.config, args.overrides, kind="search")
+        preset = Path(args.config).stem
+        if args.seeds:
+            result = run_search_seeds(cfg, args.seeds, args.out, quiet=args.quiet, preset=preset)
+        else:
+            result = run_search(cfg, args.out, quiet=args.quiet, preset=preset)
+    print(f"genotype: {result.run_dir / 'genotype.json'}")
+    if result.metrics:
+        print(f"super-net validation accuracy: {result.val_acc:.2f}%")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .genotype import load_genotype
+    from .plot import plot_genotype
+    g = load_genotype(args.genotype)
+    print(plot_genotype(g, args.output, title=args.title))
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .config import presets
+    for kind in ("search", "train"):
+        names = presets(kind)
+        if names:
+            print(f"{kind}: {', '.join(names)}")
+    return 0
+
+
+def cmd_show_config(args) -> int:
+    import yaml
+
+    from .config import load_config, to_dict
+    cfg = load_config(args.config, args.overrides)
+    print(yaml.safe_dump({"kind": cfg.kind, **{k: v for k, v in to_dict(cfg).items() if k != "kind"}},
+                         sort_keys=False), end="")
+    return 0
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(msg: str) -> _UsageError:
+    return _UsageError(msg)
+
+
+COMMANDS = {"search": cmd_search, "plot": cmd_plot, "presets": cmd_presets,
+            "show-config": cmd_show_config}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = COMMANDS.get(args.command) or getattr(args, "handler", None)
+    from .loop import Interrupted
+    try:
+        return handler(args)
+    except Interrupted as e:
+        print(f"entrannas: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _UsageError as e:
+        print(f"entrannas {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except _user_errors() as e:
+        print(f"entrannas {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""One config system for search and training: dataclasses, YAML presets, `key=value` overrides.
+
+A config is built from (1) the dataclass defaults, (2) a preset name or YAML file, (3) dotted
+overrides such as `optim.lr=0.1`. Every step validates names, types and ranges and raises
+`ConfigError` with one line that says what is wrong and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = ["ConfigError", "DataConfig", "SearchModelConfig", "SearchOptimConfig", "RunConfig",
+           "SearchConfig", "TargetModelConfig", "TrainOptimConfig", "TrainConfig", "presets",
+           "load_config", "to_dict"]
+
+
+class ConfigError(ValueError):
+    """A bad preset, file, key or value; the message is one line for the user."""
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"] = "cifar10"
+    data_dir: str | None = None
+    download: bool = True
+    # Search: fraction of the training set for the weights (the architecture gets as much).
+    split: float = 0.5
+    # Cap on images per half (CPU-scale runs); null = all.
+    limit: int | None = None
+    # Images evaluated at each epoch end (search: from the architecture half, as DARTS
+    # validates; training: from the test set); null = all.
+    eval_limit: int | None = None
+    crop_pad: int = 4
+    flip: bool = True
+    cutout: int = 0
+    image_size: int = 224  # imagenet only
+    workers: int = 4  # imagenet decoding processes
+    synthetic_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
+    synthetic_size: int = 1024
+
+
+@dataclass
+class SearchModelConfig:
+    method: Literal["darts", "entrannas", "dst"] = "entrannas"
+    C: int = 16
+    layers: int = 8
+    space: Literal["standard", "extended"] = "standard"
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    # null = the method's default (see SuperNet); engine_cells: all/first/last/half or indices.
+    engine_cells: str | list[int] | None = None
+    feature_sharing: bool | None = None
+    bottleneck: int | None = None
+    tau0: float | None = None
+    tau_decay: float | None = None
+    derivation: Literal["top2", "dst"] | None = None
+    dst_lambda: float = 0.1
+
+
+@dataclass
+class SearchOptimConfig:
+    epochs: int = 50
+    batch_size: int = 512
+    lr: float = 0.2
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 6e-4
+    arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    arch_weight_decay: float = 1e-3
+    # Epochs that train only the weights before architecture steps start.
+    warmup_epochs: int = 0
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    out: str = "runs"  # parent folder of run folders
+    name: str | None = None  # run folder name; null = <preset>-<seed>-<time>
+    log_every: int = 20  # steps between log lines
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
+    tensorboard: bool = True
+    plots: bool = True
+
+
+@dataclass
+class SearchConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: SearchModelConfig = field(default_factory=SearchModelConfig)
+    optim: SearchOptimConfig = field(default_factory=SearchOptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    kind: Literal["search"] = "search"
+
+
+@dataclass
+class TargetModelConfig:
+    C: int = 36
+    layers: int = 20
+    auxiliary: bool = True
+    aux_weight: float = 0.4
+    drop_path: float = 0.2
+
+
+@dataclass
+class TrainOptimConfig:
+    epochs: int = 600
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_min: float = 0.0
+    schedule: Literal["cosine", "linear"] = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=lambda: DataConfig(cutout=16))
+    model: TargetModelConfig = field(default_factory=TargetModelConfig)
+    optim: TrainOptimConfig = field(default_factory=TrainOptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    kind: Literal["train"] = "train"
+
+
+KINDS = {"search": SearchConfig, "train": TrainConfig}
+
+# Range checks that types cannot express: key -> (predicate, what is allowed).
+_POSITIVE = (lambda v: v > 0, "a positive number")
+_NONNEG = (lambda v: v >= 0, "zero or more")
+_CHECKS: dict[str, tuple] = {
+    "data.split": (lambda v: 0 < v < 1, "a fraction strictly between 0 and 1"),
+    "data.limit": (lambda v: v is None or v > 0, "null or a positive integer"),
+    "data.eval_limit": (lambda v: v is None or v > 0, "null or a positive integer"),
+    "data.crop_pad": _NONNEG, "data.cutout": _NONNEG, "data.workers": _NONNEG,
+    "data.image_size": _POSITIVE, "data.synthetic_size": _POSITIVE,
+    "model.C": _POSITIVE, "model.layers": (lambda v: v >= 3, "at least 3"),
+    "model.bottleneck": (lambda v: v is None or v >= 1, "null or at least 1"),
+    "model.tau0": (lambda v: v is None or v > 0, "null or a positive number"),
+    "model.tau_decay": (lambda v: v is None or v > 0, "null or a positive number"),
+    "model.dst_lambda": _NONNEG, "model.aux_weight": _NONNEG,
+    "model.drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.epochs": _POSITIVE, "optim.batch_size": _POSITIVE, "optim.lr": _POSITIVE,
+    "optim.lr_min": _NONNEG, "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": _NONNEG, "optim.grad_clip": _POSITIVE, "optim.arch_lr": _POSITIVE,
+    "optim.arch_weight_decay": _NONNEG, "optim.warmup_epochs": _NONNEG,
+    "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.arch_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    "run.log_every": _POSITIVE, "run.checkpoint_every": _NONNEG,
+}
+
+
+def presets(kind: str | None = None) -> list[str]:
+    """Names of the built-in presets (optionally only those of one kind)."""
+    names = sorted(p.name[:-5] for p in resources.files("entrannas.configs").iterdir()
+                   if p.name.endswith(".yaml"))
+    if kind is None:
+        return names
+    return [n for n in names if _read_yaml(_preset_path(n), n).get("kind", "search") == kind]
+
+
+def _preset_path(name: str):
+    return resources.files("entrannas.configs").joinpath(f"{name}.yaml")
+
+
+def _read_yaml(path, label: str) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8") if not hasattr(path, "read_text") else path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except OSError as e:
+        raise ConfigError(f"config {label}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {label}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"config {label}: invalid YAML{at} ({getattr(e, 'problem', None) or e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {label}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (), kind: str | None = None):
+    """Build a config from a preset name or YAML path plus `section.key=value` overrides."""
+    raw: dict = {}
+    if spec is not None:
+        spec_s = str(spec)
+        if spec_s in presets():
+            raw = _read_yaml(_preset_path(spec_s), f"preset {spec_s}")
+        elif Path(spec_s).is_file():
+            raw = _read_yaml(Path(spec_s), spec_s)
+        else:
+            raise ConfigError(f"config {spec_s!r} is neither a preset nor a file; presets: "
+                              f"{', '.join(presets(kind))}")
+    file_kind = raw.pop("kind", None)
+    kind = kind or file_kind or "search"
+    if file_kind is not None and file_kind != kind:
+        raise ConfigError(f"config {spec} is a {file_kind} config, not a {kind} config; "
+                          f"{kind} presets: {', '.join(presets(kind))}")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown config kind {kind!r}; choose one of {sorted(KINDS)}")
+    cfg = KINDS[kind]()
+    _merge(cfg, raw, "")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.1)")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            parsed = value
+        path = key.strip().split(".")
+        nested: Any = parsed
+        for part in reversed(path):
+            nested = {part: nested}
+        _merge(cfg, nested, "")
+    return cfg
+
+
+def _merge(obj, raw: dict, prefix: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj) if f.name != "kind"}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in raw.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key {name!r}; valid keys here: "
+                              f"{', '.join(prefix + k for k in fields)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{name}.")
+            continue
+        value = _coerce(value, hints[key], name)
+        check = _CHECKS.get(name)
+        if check and not check[0](value):
+            raise ConfigError(f"{name} = {value!r} is out of range: it must be {check[1]}")
+        setattr(obj, key, value)
+
+
+def _coerce(value, hint, name: str):
+    """Check `value` against a type hint (int, float, bool, str, Literal, list, Optional)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for a in args:
+            if a is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, a, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{name} = {value!r} has the wrong type: expected {_describe(hint)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} = {value!r} is not allowed; choose one of {', '.join(map(str, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} = {value!r} has the wrong type: expected a list")
+        return [_coerce(v, args[0], name) for v in value]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} = {value!r} has the wrong type: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} = {value!r} has the wrong type: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} = {value!r} has the wrong type: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} = {value!r} has the wrong type: expected a string")
+        return value
+    raise ConfigError(f"{name}: unsupported type {hint}")
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is list:
+        return f"a list of {_describe(args[0])}"
+    return {type(None): "null", bool: "true/false", int: "an integer", float: "a number",
+            str: "a string"}.get(hint, str(hint))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,227 @@
+"""Pieces shared by the search and the training loop: device, seeding, data loaders, evaluation,
+progress, the run folder's creation, and stopping cleanly on Ctrl-C."""
+from __future__ import annotations
+
+import math
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import (Augment, BatchLoader, DataError, derive_seed, imagenet_loader,
+                   imagenet_search_subset, load_dataset, split_indices)
+from .data.augment import normalize
+from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from .rundir import RunError, RunFolder
+
+__all__ = ["Interrupted", "StopFlag", "Loaders", "build_loaders", "evaluate", "make_run_folder",
+           "peak_memory_gib", "progress", "resolve_device", "seed_everything"]
+
+
+class Interrupted(Exception):
+    """The user asked the run to stop; a checkpoint was saved."""
+
+    def __init__(self, run_dir):
+        super().__init__(f"stopped; a checkpoint was saved. Continue with --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+class StopFlag:
+    """First Ctrl-C (or SIGTERM): finish the current step, checkpoint, stop. Second: abort."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device={name} but no CUDA GPU is available: use run.device=cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def progress(total: int, initial: int, desc: str):
+    from tqdm import tqdm
+    # disable=None: a bar on a terminal, nothing in CI logs (the log lines carry the ETA).
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                disable=None, leave=False)
+
+
+class FolderLoader:
+    """BatchLoader's interface over an image-folder dataset decoded in DataLoader workers
+    (ImageNet): order and augmentation depend only on (seed, epoch)."""
+
+    def __init__(self, dataset, indices, batch_size, shuffle, device, seed, workers, drop_last):
+        self.dataset, self.indices = dataset, list(indices)
+        self.batch_size, self.shuffle, self.device = batch_size, shuffle, device
+        self.seed, self.workers, self.drop_last = seed, workers, drop_last
+        self.epoch = self.batch = 0
+
+    def __len__(self):
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch, batch=0):
+        self.epoch, self.batch = int(epoch), int(batch)
+
+    def state_dict(self):
+        return {"seed": self.seed, "epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state):
+        self.set_epoch(state["epoch"], state.get("batch", 0))
+
+    def __iter__(self):
+        idx = self.indices
+        if self.shuffle:
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+            idx = [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
+        idx = idx[self.batch * self.batch_size: len(self) * self.batch_size]
+        loader = imagenet_loader(self.dataset, idx, self.batch_size, shuffle=False,
+                                 num_workers=self.workers, seed=self.seed, epoch=self.epoch)
+        for x, y in loader:
+            x = normalize(x.to(self.device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD)
+            self.batch += 1
+            yield x, y.to(self.device, non_blocking=True)
+        self.epoch, self.batch = self.epoch + 1, 0
+
+
+@dataclass
+class Loaders:
+    info: object
+    train: object  # weight half (search) or the training set (train)
+    arch: object | None  # architecture half (search only)
+    val: object  # search: part of the architecture half; train: the test set
+    split: dict
+
+
+def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:
+    d, o, seed = cfg.data, cfg.optim, cfg.run.seed
+    kwargs = {}
+    if d.dataset == "synthetic":
+        kwargs = dict(shape=tuple(d.synthetic_shape), train_size=d.synthetic_size,
+                      test_size=max(d.synthetic_size // 4, 1), seed=seed)
+    elif d.dataset == "imagenet":
+        kwargs = dict(size=d.image_size)
+    train, test = load_dataset(d.dataset, d.data_dir, download=d.download, **kwargs)
+    if d.dataset == "imagenet":
+        return _imagenet_loaders(cfg, train, test, device, search)
+    info = train.info
+    aug = Augment(padding=d.crop_pad, flip=d.flip, cutout=d.cutout, mean=info.mean, std=info.std)
+    common = dict(mean=info.mean, std=info.std, device=device)
+    if search:
+        w_idx, a_idx = split_indices(len(train), d.split, seed, d.limit)
+        n = min(len(w_idx), len(a_idx))  # equal halves: one weight step per architecture step
+        w_idx, a_idx = w_idx[:n], a_idx[:n]
+        if n < o.batch_size:
+            raise DataError(f"only {n} images per half for batch size {o.batch_size}: "
+                            f"lower optim.batch_size or raise data.limit")
+        train_l = BatchLoader(train.images, train.labels, w_idx, o.batch_size, True, aug,
+                              drop_last=True, seed=derive_seed(seed, 1), **common)
+        arch_l = BatchLoader(train.images, train.labels, a_idx, o.batch_size, True, aug,
+                             drop_last=True, seed=derive_seed(seed, 2), **common)
+        val_idx = a_idx[: d.eval_limit] if d.eval_limit else a_idx
+        val_l = BatchLoader(train.images, train.labels, val_idx, max(o.batch_size, 256), False,
+                            None, seed=seed, **common)
+        split = {"seed": seed, "fraction": d.split, "limit": d.limit, "weight": len(w_idx),
+                 "arch": len(a_idx), "val": len(val_idx),
+                 "weight_idx_head": w_idx[:8].tolist(), "arch_idx_head": a_idx[:8].tolist()}
+        return Loaders(info, train_l, arch_l, val_l, split)
+    idx = torch.arange(len(train))[: d.limit] if d.limit else None
+    train_l = BatchLoader(train.images, train.labels, idx, o.batch_size, True, aug,
+                          drop_last=False, seed=derive_seed(seed, 1), **common)
+    test_idx = torch.arange(len(test))[: d.eval_limit] if d.eval_limit else None
+    test_l = BatchLoader(test.images, test.labels, test_idx, max(o.batch_size, 256), False, None,
+                         seed=seed, **common)
+    return Loaders(info, train_l, None, test_l, {"train": len(train_l.indices), "test": len(test_l.indices)})
+
+
+def _imagenet_loaders(cfg, train, val, device, search):
+    from .data.base import DatasetInfo
+    d, o, seed = cfg.data, cfg.optim, cfg.run.seed
+    info = DatasetInfo("imagenet", len(train.classes), 3, (d.image_size, d.image_size),
+                       tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+    mk = lambda ds, idx, shuffle, s: FolderLoader(ds, idx, o.batch_size, shuffle, device, s,
+                                                   d.workers, drop_last=shuffle)
+    if search:
+        w_idx, a_idx = imagenet_search_subset(train, d.split, seed)
+        n = min(len(w_idx), len(a_idx))
+        val_idx = a_idx[: d.eval_limit] if d.eval_limit else a_idx
+        train.train = True
+        return Loaders(info, mk(train, w_idx[:n], True, derive_seed(seed, 1)),
+                       mk(train, a_idx[:n], True, derive_seed(seed, 2)), mk(val, val_idx, False, seed),
+                       {"seed": seed, "fraction": d.split, "weight": n, "arch": n, "val": len(val_idx)})
+    idx = list(range(len(train)))[: d.limit] if d.limit else range(len(train))
+    val_idx = list(range(len(val)))[: d.eval_limit] if d.eval_limit else range(len(val))
+    return Loaders(info, mk(train, idx, True, derive_seed(seed, 1)), None, mk(val, val_idx, False, seed),
+                   {"train": len(idx), "test": len(val_idx)})
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, loader, **forward_kwargs) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (%) in eval mode."""
+    was_training = net.training
+    net.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct, count = 0, 0
+    loader.set_epoch(0)
+    for x, y in loader:
+        out = net(x, **forward_kwargs)
+        logits = out[0] if isinstance(out, tuple) else out
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double().cpu()
+        correct += int((logits.argmax(1) == y).sum())
+        count += y.numel()
+    net.train(was_training)
+    return float(loss_sum) / max(count, 1), 100.0 * correct / max(count, 1)
+
+
+def make_run_folder(cfg, run_dir, default_name: str, quiet: bool) -> RunFolder:
+    """A new run folder. An existing run is never overwritten: finished work is not lost."""
+    if run_dir is None:
+        name = cfg.run.name or f"{default_name}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(cfg.run.out) / name
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoint.pt").exists():
+        raise RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or "
+                       f"choose another folder with --out")
+    return RunFolder(run_dir, tensorboard=cfg.run.tensorboard, quiet=quiet)

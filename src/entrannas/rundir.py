@@ -1,0 +1,134 @@
+"""The run folder shared by search and training: resolved config, log, metrics, TensorBoard.
+
+    RUN/config.yaml       the resolved config (what actually ran)
+    RUN/log.txt           human-readable log
+    RUN/metrics.jsonl     one JSON object per epoch
+    RUN/tb/               TensorBoard events
+    RUN/checkpoint.pt     the latest checkpoint (atomic)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+from .fsutil import atomic_write_text
+from .config import to_dict
+
+__all__ = ["RunFolder", "RunError", "format_eta"]
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used; one line for the user."""
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class RunFolder:
+    def __init__(self, path: str | os.PathLike, tensorboard: bool = True, quiet: bool = False):
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise RunError(f"cannot write to the run folder {self.path} ({e.strerror or e}): "
+                           f"choose another with --out") from None
+        self.log = logging.getLogger(f"entrannas.run.{self.path.resolve()}")
+        self.log.setLevel(logging.INFO)
+        self.log.propagate = False
+        if not self.log.handlers:
+            fh = logging.FileHandler(self.path / "log.txt", encoding="utf-8")
+            fh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+            self.log.addHandler(fh)
+            if not quiet:
+                sh = logging.StreamHandler()
+                sh.setFormatter(logging.Formatter("%(message)s"))
+                self.log.addHandler(sh)
+        self._tb = None
+        self._tb_enabled = tensorboard
+
+    # -- files -------------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_config(self, cfg) -> None:
+        atomic_write_text(self.file("config.yaml"), yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write_text(self.file(name), json.dumps(obj, indent=1) + "\n")
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self._tb_enabled:
+            self._scalars(row)
+
+    def read_metrics(self) -> list[dict]:
+        path = self.file("metrics.jsonl")
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a crash: the rest is redone on resume
+        return rows
+
+    def keep_metrics_before(self, epoch: int) -> None:
+        """On resume: drop metrics of epochs the checkpoint does not cover (they are redone)."""
+        rows = [r for r in self.read_metrics() if r.get("epoch", 0) < epoch]
+        atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+
+    # -- TensorBoard -------------------------------------------------------------------------
+    def _scalars(self, row: dict) -> None:
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but never lose a run over it
+                self._tb_enabled = False
+                return
+            self._tb = SummaryWriter(str(self.file("tb")))
+        step = row.get("epoch", 0)
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._tb.add_scalar(key, value, step)
+            elif isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+                for i, v in enumerate(value):
+                    self._tb.add_scalar(f"{key}/{i}", v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        for h in list(self.log.handlers):
+            h.close()
+            self.log.removeHandler(h)
+
+
+class Timer:
+    """Wall time that survives a resume (the checkpoint carries the elapsed seconds)."""
+
+    def __init__(self, elapsed: float = 0.0):
+        self.start = time.perf_counter() - elapsed
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,264 @@
+"""The first-order bi-level search (SPEC section 4) and its run folder.
+
+    result = run_search(load_config("fmnist-quick"))           # a new run
+    result = resume_search("runs/fmnist-quick-0")              # continue a stopped one
+
+Per step: an architecture step on a validation batch (Adam on alpha/beta, plus the DST
+regulariser), then a weight step on a training batch (SGD, clipped). The weight learning rate
+follows a cosine per epoch and the temperature anneals per epoch (eq. 5).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import SearchConfig, load_config, to_dict
+from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, peak_memory_gib,
+                   progress, resolve_device, seed_everything)
+from .rundir import RunFolder, Timer, format_eta
+from .supernet import CELL_TYPES, SuperNet
+
+__all__ = ["search_step", "run_search", "resume_search", "run_search_seeds", "SearchResult",
+           "build_supernet", "cell_summary"]
+
+
+def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer | None,
+                train_batch, val_batch, grad_clip: float = 5.0):
+    """One first-order step: an architecture step on a validation batch (Adam on alpha/beta),
+    then a weight step on a training batch (SGD, gradient norm clipped). `a_opt=None` skips
+    the architecture step (warm-up epochs).
+
+    Each backward asks only for the gradients its optimiser uses (`inputs=`), so the
+    architecture step skips every weight-gradient kernel and the weight step skips the
+    coefficient gradients: exact, and cheaper than a full backward.
+    Returns the training loss and logits of the weight step (detached).
+    """
+    if a_opt is not None:
+        xv, yv = val_batch
+        a_opt.zero_grad(set_to_none=True)
+        arch_loss = F.cross_entropy(net(xv), yv) + net.dst_regulariser()
+        arch_loss.backward(inputs=net.arch_parameters())
+        a_opt.step()
+
+    xt, yt = train_batch
+    weights = net.weight_parameters()
+    w_opt.zero_grad(set_to_none=True)
+    logits = net(xt)
+    loss = F.cross_entropy(logits, yt)
+    loss.backward(inputs=weights)
+    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_opt.step()
+    return loss.detach(), logits.detach()
+
+
+def build_supernet(cfg: SearchConfig, info) -> SuperNet:
+    m = cfg.model
+    return SuperNet(method=m.method, C=m.C, layers=m.layers, num_classes=info.num_classes,
+                    space=m.space, in_channels=info.channels, stem=m.stem,
+                    engine_cells=m.engine_cells, feature_sharing=m.feature_sharing,
+                    bottleneck=m.bottleneck, tau0=m.tau0, tau_decay=m.tau_decay,
+                    derivation=m.derivation, dst_lambda=m.dst_lambda)
+
+
+def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
+    return minimum + 0.5 * (base - minimum) * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def cell_summary(genotype) -> dict:
+    """Edges (distinct input connections) and ops per derived cell: Table 4's columns."""
+    out = {}
+    for t in CELL_TYPES:
+        cell = getattr(genotype, t)
+        out[t] = {"edges": len({(m, i) for m, node in enumerate(cell.nodes) for _, i in node}),
+                  "ops": sum(len(node) for node in cell.nodes)}
+    return out
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    genotype: object
+    metrics: list[dict]
+
+    @property
+    def val_acc(self) -> float:
+        return self.metrics[-1]["val_acc"] if self.metrics else float("nan")
+
+
+class _Search:
+    """State of one search run; `run()` drives epochs until done, or until a stop request."""
+
+    def __init__(self, cfg: SearchConfig, run: RunFolder, state: dict | None = None):
+        self.cfg, self.run = cfg, run
+        self.device = resolve_device(cfg.run.device)
+        seed_everything(cfg.run.seed)
+        self.data = build_loaders(cfg, self.device, search=True)
+        self.net = build_supernet(cfg, self.data.info).to(self.device)
+        o = cfg.optim
+        self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=o.lr, momentum=o.momentum,
+                                     weight_decay=o.weight_decay)
+        self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=o.arch_lr,
+                                      betas=tuple(o.arch_betas), weight_decay=o.arch_weight_decay)
+        # Position: `step` batches of epoch `epoch` are done; `partial` sums their loss,
+        # correct predictions and images so a resumed epoch reports the same metrics.
+        self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0
+        if state is not None:
+            self.net.load_state_dict(state["net"])
+            self.w_opt.load_state_dict(state["w_opt"])
+            self.a_opt.load_state_dict(state["a_opt"])
+            self.epoch, self.step = state["epoch"], state["step"]
+            self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
+            run.keep_metrics_before(self.epoch)
+        else:
+            run.write_json("split.json", self.data.split)
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run.file("checkpoint.pt"), {
+            "kind": "search", "config": to_dict(self.cfg), "epoch": self.epoch, "step": self.step,
+            "partial": self.partial, "elapsed": self.timer.elapsed,
+            "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
+            "a_opt": self.a_opt.state_dict(), "genotype": self.net.genotype().to_dict()})
+
+    def run_epochs(self, stop: StopFlag) -> None:
+        cfg, net, log = self.cfg, self.net, self.run.log
+        self.timer = Timer(self.elapsed)
+        steps = len(self.data.train)
+        total = cfg.optim.epochs * steps
+        done0 = self.epoch * steps + self.step
+        bar = progress(total, done0, "search")
+        while self.epoch < cfg.optim.epochs:
+            e = self.epoch
+            lr = cosine_lr(cfg.optim.lr, cfg.optim.lr_min, e, cfg.optim.epochs)
+            for group in self.w_opt.param_groups:
+                group["lr"] = lr
+            net.set_epoch(e)
+            # Batches depend only on (seed, epoch, batch): resuming mid-epoch replays nothing.
+            self.data.train.set_epoch(e, self.step)
+            self.data.arch.set_epoch(e, self.step)
+            a_opt = self.a_opt if e >= cfg.optim.warmup_epochs else None
+            net.train()
+            for (xt, yt), val_batch in zip(self.data.train, self.data.arch):
+                loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
+                if not math.isfinite(float(loss)):
+                    raise FloatingPointError(
+                        f"the training loss became {float(loss)} at epoch {e}, step {self.step + 1}: "
+                        f"lower optim.lr or optim.arch_lr; the last good checkpoint is kept")
+                self.partial[0] += float(loss) * yt.numel()
+                self.partial[1] += float((logits.argmax(1) == yt).sum())
+                self.partial[2] += yt.numel()
+                self.step += 1
+                b = self.step
+                bar.update(1)
+                done = e * steps + b
+                if b % cfg.run.log_every == 0 or b == steps:
+                    rate = (done - done0) / max(self.timer.elapsed - self.elapsed, 1e-9)
+                    log.info(f"epoch {e + 1}/{cfg.optim.epochs} step {b}/{steps} "
+                             f"loss {self.partial[0] / self.partial[2]:.4f} "
+                             f"acc {100 * self.partial[1] / self.partial[2]:.2f}% "
+                             f"tau {net.tau:.3f} eta {format_eta((total - done) / max(rate, 1e-9))}")
+                if stop.requested:
+                    self.checkpoint()
+                    bar.close()
+                    raise Interrupted(self.run.path)
+                if cfg.run.checkpoint_every and b % cfg.run.checkpoint_every == 0 and b < steps:
+                    self.checkpoint()
+            self.end_epoch(e, lr)
+        bar.close()
+
+    def end_epoch(self, e: int, lr: float) -> None:
+        net, run = self.net, self.run
+        val_loss, val_acc = evaluate(net, self.data.val)
+        genotype = net.genotype()
+        loss_sum, correct, count = self.partial
+        row = {"epoch": e, "lr": lr, "tau": net.tau,
+               "train_loss": loss_sum / max(count, 1), "train_acc": 100 * correct / max(count, 1),
+               "val_loss": val_loss, "val_acc": val_acc, "cells": cell_summary(genotype),
+               "genotype": genotype.to_dict(), "wall_time": self.timer.elapsed,
+               "peak_mem_gib": peak_memory_gib(self.device)}
+        if net.derivation == "dst":
+            row["thresholds"] = {t: net.thresholds(t).tolist() for t in CELL_TYPES}
+        run.append_metrics(row)
+        genotype.save(run.file(f"genotypes/epoch_{e:03d}.json"))
+        genotype.save(run.file("genotype.json"))
+        if self.cfg.run.plots:
+            from .plot import plot_genotype
+            plot_genotype(genotype, run.file("cells.png"), title=f"epoch {e + 1}")
+        run.log.info(f"epoch {e + 1} done: train acc {row['train_acc']:.2f}% val acc {val_acc:.2f}% "
+                     f"edges N/R {row['cells']['normal']['edges']}/{row['cells']['reduce']['edges']} "
+                     f"wall {format_eta(row['wall_time'])}")
+        self.epoch, self.step, self.partial = e + 1, 0, [0.0, 0.0, 0]
+        self.checkpoint()
+
+
+def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, quiet: bool = False,
+               preset: str | None = None) -> SearchResult:
+    """Run a search from scratch into `run_dir` (default: a new folder under cfg.run.out)."""
+    run = make_run_folder(cfg, run_dir, preset or "search", quiet)
+    run.write_config(cfg)
+    return _drive(cfg, run, None)
+
+
+def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
+    """Continue a stopped search from its last checkpoint; the run's own config is used."""
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    if state.get("kind") != "search":
+        from .checkpoint import CheckpointError
+        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a search: "
+                              f"use `entrannas train --resume {run_dir}`")
+    cfg = load_config(None, kind="search")
+    from .config import _merge
+    raw = dict(state["config"])
+    raw.pop("kind", None)
+    _merge(cfg, raw, "")
+    run = RunFolder(run_dir, tensorboard=cfg.run.tensorboard, quiet=quiet)
+    run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")
+    return _drive(cfg, run, state)
+
+
+def _drive(cfg, run: RunFolder, state) -> SearchResult:
+    search = _Search(cfg, run, state)
+    run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
+                 f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
+                 f"device {search.device}, run folder {run.path}")
+    with StopFlag() as stop:
+        search.run_epochs(stop)
+    genotype = search.net.genotype()
+    run.log.info(f"final genotype: {run.file('genotype.json')}")
+    metrics = run.read_metrics()
+    run.close()
+    return SearchResult(run.path, genotype, metrics)
+
+
+def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | None = None,
+                     quiet: bool = False, preset: str | None = None) -> SearchResult:
+    """The paper keeps the best of several searches by validation accuracy: run one search
+    per seed into RUN/seed-<s>/ (resuming any that are unfinished) and copy the winner's
+    genotype to RUN/genotype.json, with the table in RUN/seeds.json."""
+    import copy
+
+    from .genotype import Genotype
+    parent = make_run_folder(cfg, run_dir, preset or "search", quiet)
+    results = []
+    for s in seeds:
+        sub = parent.path / f"seed-{s}"
+        c = copy.deepcopy(cfg)
+        c.run.seed = s
+        if (sub / "checkpoint.pt").exists():
+            results.append(resume_search(sub, quiet=quiet))
+        else:
+            results.append(run_search(c, sub, quiet=quiet, preset=preset))
+    best = max(results, key=lambda r: r.val_acc)
+    table = [{"seed": s, "val_acc": r.val_acc, "run_dir": str(r.run_dir)} for s, r in zip(seeds, results)]
+    parent.write_json("seeds.json", {"best_seed": seeds[results.index(best)], "runs": table})
+    g = Genotype.from_dict({**best.genotype.to_dict(), "selected_from": table})
+    g.save(parent.file("genotype.json"))
+    parent.log.info(f"best of {len(seeds)} seeds: seed {seeds[results.index(best)]} "
+                    f"val acc {best.val_acc:.2f}% -> {parent.file('genotype.json')}")
+    parent.close()
+    return SearchResult(parent.path, best.genotype, best.metrics)
