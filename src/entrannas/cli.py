@@ -94,6 +94,8 @@ def cmd_search(args) -> int:
 def cmd_plot(args) -> int:
     from .genotype import load_genotype
     from .plot import plot_genotype
+    if Path(args.output).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise _usage(f"cannot tell the picture format of {args.output}: use a .png, .pdf or .svg name")
     g = load_genotype(args.genotype)
     print(plot_genotype(g, args.output, title=args.title))
     return 0

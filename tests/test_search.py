@@ -1,0 +1,132 @@
+"""The search you can run: determinism, kill-and-resume, the run folder, best of N seeds."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from entrannas.checkpoint import load_checkpoint
+from entrannas.config import load_config
+from entrannas.search import resume_search, run_search, run_search_seeds
+
+TINY = ["data.limit=192", "data.eval_limit=128", "model.C=4", "model.layers=5", "optim.batch_size=32",
+        "optim.epochs=3", "run.log_every=1", "run.tensorboard=false", "run.plots=false"]
+
+
+def _cfg(*extra):
+    return load_config("fmnist-quick", TINY + list(extra))
+
+
+def _metrics(run_dir):
+    rows = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # wall time and memory differ between runs by nature
+        r.pop("wall_time"), r.pop("peak_mem_gib")
+    return rows
+
+
+def _weights(run_dir):
+    return load_checkpoint(Path(run_dir) / "checkpoint.pt")["net"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted DST search (thresholds and topology change during it)."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    run_search(_cfg("model.method=dst", "model.derivation=dst", "optim.arch_lr=0.05"), out, quiet=True)
+    return out
+
+
+def test_run_folder_has_every_file(reference):
+    for name in ("config.yaml", "log.txt", "metrics.jsonl", "genotype.json", "split.json", "checkpoint.pt",
+                 "genotypes/epoch_000.json", "genotypes/epoch_002.json"):
+        assert (reference / name).exists(), name
+    rows = _metrics(reference)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for key in ("train_loss", "train_acc", "val_loss", "val_acc", "tau", "thresholds", "cells", "genotype", "lr"):
+        assert key in rows[0], key
+    assert rows[1]["tau"] == pytest.approx(rows[0]["tau"] * 0.7)  # fmnist-quick anneals x0.7
+    assert rows[-1]["lr"] < rows[0]["lr"]
+    # The final genotype is the one derived at the end, and each epoch's is kept.
+    final = json.loads((reference / "genotype.json").read_text())
+    last = json.loads((reference / "genotypes/epoch_002.json").read_text())
+    assert final["normal"] == last["normal"] == rows[-1]["genotype"]["normal"]
+    split = json.loads((reference / "split.json").read_text())
+    assert split["weight"] == split["arch"] == 192
+
+
+def test_same_seed_same_search(reference, tmp_path):
+    out = tmp_path / "again"
+    run_search(_cfg("model.method=dst", "model.derivation=dst", "optim.arch_lr=0.05"), out, quiet=True)
+    assert _metrics(out) == _metrics(reference)
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(reference, tmp_path):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "entrannas", "search", "-c", "fmnist-quick", "-q", "--out", str(out),
+           "--set", "model.method=dst", "--set", "model.derivation=dst", "--set", "optim.arch_lr=0.05",
+           "--set", "run.checkpoint_every=1"]
+    for s in TINY:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    # Kill in the middle of the second epoch, after some mid-epoch checkpoints.
+    while time.time() < deadline:
+        log = (out / "log.txt").read_text() if (out / "log.txt").exists() else ""
+        if "epoch 2/3 step 3/6" in log:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the search did not reach epoch 2: " + proc.stderr.read().decode())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] == 1 and 0 < state["step"] < 6, "expected a mid-epoch checkpoint"
+    assert len(_metrics(out)) == 1
+    result = resume_search(out, quiet=True)
+    assert _metrics(out) == _metrics(reference)
+    assert result.genotype.to_dict() == json.loads((reference / "genotype.json").read_text()) | {}
+    ref_w, got_w = _weights(reference), _weights(out)
+    assert ref_w.keys() == got_w.keys()
+    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "entrannas", "search", "-c", "fmnist-quick", "-q", "--out", str(out)]
+    for s in TINY:
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 2/6" not in ((out / "log.txt").read_text() if (out / "log.txt").exists() else ""):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "--resume" in err.decode()
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) >= (0, 2)
+    result = resume_search(out, quiet=True)
+    assert len(result.metrics) == 3
+
+
+def test_best_of_seeds(tmp_path):
+    result = run_search_seeds(_cfg("optim.epochs=1"), [0, 1], tmp_path / "seeds", quiet=True)
+    table = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
+    accs = {r["seed"]: r["val_acc"] for r in table["runs"]}
+    assert table["best_seed"] == max(accs, key=accs.get)
+    best = json.loads((tmp_path / "seeds" / "genotype.json").read_text())
+    chosen = json.loads((tmp_path / "seeds" / f"seed-{table['best_seed']}" / "genotype.json").read_text())
+    assert best["normal"] == chosen["normal"] and best["reduce"] == chosen["reduce"]
+    assert result.val_acc == accs[table["best_seed"]]
+
+
+def test_existing_run_is_never_overwritten(reference):
+    from entrannas.rundir import RunError
+    with pytest.raises(RunError, match="--resume"):
+        run_search(_cfg(), reference, quiet=True)
