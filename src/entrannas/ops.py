@@ -73,8 +73,10 @@ class FactorizedConv(nn.Sequential):
 class FactorizedReduce(nn.Module):
     """Halves the resolution with two offset stride-2 1x1 convs (DARTS).
 
-    The offset branch is padded by one pixel so odd sizes (7x7 on Fashion-MNIST) work; for
-    even sizes this samples exactly the pixels DARTS samples.
+    Subsampling first and then running unstrided 1x1 convs computes exactly the strided conv
+    (a 1x1 kernel reads one pixel) and avoids the slow strided-conv backward on CPU. The
+    offset branch reads pixels (1, 1), (1, 3), ...; on odd sizes (7x7 on Fashion-MNIST) it
+    is zero-padded to the other branch's size.
     """
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
@@ -82,14 +84,16 @@ class FactorizedReduce(nn.Module):
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
         x = self.relu(x)
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
+        if odd.shape[-2:] != even.shape[-2:]:
+            odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
+        return self.bn(torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1))
 
 
 class Zero(nn.Module):
