@@ -130,3 +130,16 @@ def test_existing_run_is_never_overwritten(reference):
     from entrannas.rundir import RunError
     with pytest.raises(RunError, match="--resume"):
         run_search(_cfg(), reference, quiet=True)
+
+
+def test_warmup_epochs_leave_the_architecture_alone(tmp_path):
+    from entrannas.loop import seed_everything
+    from entrannas.search import build_supernet
+    from entrannas.data import load_dataset
+    cfg = _cfg("optim.epochs=1", "optim.warmup_epochs=1")
+    run_search(cfg, tmp_path / "warm", quiet=True)
+    seed_everything(cfg.run.seed)
+    fresh = build_supernet(cfg, load_dataset("fashion-mnist")[0].info)
+    state = _weights(tmp_path / "warm")
+    assert torch.equal(state["alpha_normal"], fresh.alpha_normal.detach())
+    assert not torch.equal(state["cells.0.preprocess1.1.weight"], fresh.cells[0].preprocess1[1].weight.detach())
