@@ -41,8 +41,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        # torch wraps weights_only failures in a long explanation: keep the line saying why.
+        lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+        msg = next((l for l in lines if l.startswith("Unsupported")), lines[0] if lines else type(e).__name__)
+        # Only an unsupported global (a reference to code) means a pickled object was refused.
+        if msg.startswith(("Unsupported global", "Unsupported class")):
             why = "it contains pickled Python objects that could run code, so it was refused"
         else:
             why = f"it is corrupt or truncated ({msg[:160]})"

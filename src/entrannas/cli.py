@@ -47,11 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_later_commands(sub) -> None:
-    """Commands implemented in their own modules register here if present."""
-    try:
-        from . import cli_train
-    except ImportError:
-        return
+    """train, profile and child live in cli_train.py (the target-net side)."""
+    from . import cli_train
     cli_train.add_commands(sub, _add_config_args)
 
 

@@ -18,7 +18,7 @@ import yaml
 
 __all__ = ["ConfigError", "DataConfig", "SearchModelConfig", "SearchOptimConfig", "RunConfig",
            "SearchConfig", "TargetModelConfig", "TrainOptimConfig", "TrainConfig", "presets",
-           "load_config", "to_dict"]
+           "load_config", "to_dict", "from_dict"]
 
 
 class ConfigError(ValueError):
@@ -304,3 +304,11 @@ def _describe(hint) -> str:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def from_dict(raw: dict, kind: str):
+    """A config of `kind` from a dict such as a checkpoint's copy of `to_dict(cfg)`, validated
+    like a YAML file."""
+    cfg = KINDS[kind]()
+    _merge(cfg, {k: v for k, v in raw.items() if k != "kind"}, "")
+    return cfg

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import SearchConfig, load_config, to_dict
+from .config import SearchConfig, from_dict, to_dict
 from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, peak_memory_gib,
                    progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
@@ -211,11 +211,7 @@ def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
         from .checkpoint import CheckpointError
         raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a search: "
                               f"use `entrannas train --resume {run_dir}`")
-    cfg = load_config(None, kind="search")
-    from .config import _merge
-    raw = dict(state["config"])
-    raw.pop("kind", None)
-    _merge(cfg, raw, "")
+    cfg = from_dict(state["config"], "search")
     run = RunFolder(run_dir, tensorboard=cfg.run.tensorboard, quiet=quiet)
     run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")
     return _drive(cfg, run, state)

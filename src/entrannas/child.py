@@ -1,0 +1,78 @@
+"""Super-net versus child-net accuracy of a search (paper Table 1, SPEC section 6).
+
+    r = child_accuracy("runs/fmnist-quick-s0-...")
+    r["supernet_acc"], r["child_acc"]
+
+The child-net is the super-net with the same weights, run with every cell as a Transit-cell
+on the derived architecture (only the derived paths, unweighted). A small gap means the
+super-net's accuracy speaks for the architecture it derives: the consistency the paper
+claims for Engine/Transit cells.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import _merge, from_dict
+from .fsutil import atomic_write_text
+from .loop import build_loaders, evaluate, resolve_device, seed_everything
+from .search import build_supernet
+
+__all__ = ["child_accuracy"]
+
+
+def _macs_per_image(net, x: torch.Tensor, **forward_kwargs) -> float:
+    """Multiply-adds (M) of one image's forward: how much of the super-net a mode runs."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(x[:1], **forward_kwargs)
+    return counter.get_total_flops() / 2 / 1e6
+
+
+def child_accuracy(run_dir: str | Path, limit: int | None = None, device: str | None = None,
+                   macs: bool = False, write: bool = True) -> dict:
+    """Validation accuracy (%) of a search's super-net and of its child-net, from the run's
+    latest checkpoint, on the search's own validation images (`limit`: at most that many;
+    default: as many as the search validated on). `macs=True` adds the multiply-adds per image
+    of each (slow: the counter dispatches every op in Python). Writes RUN/child.json unless
+    `write=False`."""
+    run_dir = Path(run_dir)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    if state.get("kind") != "search":
+        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a search: "
+                              f"child-net accuracy needs a search run folder")
+    cfg = from_dict(state["config"], "search")
+    if limit is not None:
+        _merge(cfg, {"data": {"eval_limit": int(limit)}}, "")
+    if device is not None:
+        _merge(cfg, {"run": {"device": device}}, "")
+    dev = resolve_device(cfg.run.device)
+    seed_everything(cfg.run.seed)
+    data = build_loaders(cfg, dev, search=True)
+    net = build_supernet(cfg, data.info).to(dev)
+    net.load_state_dict(state["net"])
+    # The temperature is not a weight: set the one the checkpoint's last epoch evaluated and
+    # derived with (an epoch-end checkpoint has already moved on to the next epoch).
+    epoch = state["epoch"] - 1 if state["step"] == 0 and state["epoch"] > 0 else state["epoch"]
+    net.set_epoch(epoch)
+    genotype = net.genotype()
+    super_loss, super_acc = evaluate(net, data.val)
+    child_loss, child_acc = evaluate(net, data.val, child=True)
+    result = {"run_dir": str(run_dir), "method": cfg.model.method,
+              "engine_cells": list(net.engine_cells), "epoch": epoch, "step": state["step"],
+              "tau": net.tau, "images": len(data.val.indices),
+              "supernet_acc": super_acc, "supernet_loss": super_loss,
+              "child_acc": child_acc, "child_loss": child_loss, "gap": super_acc - child_acc,
+              "genotype": genotype.to_dict()}
+    if macs:
+        net.eval()
+        x, _ = next(iter(data.val))
+        result["supernet_macs_M"] = _macs_per_image(net, x)
+        result["child_macs_M"] = _macs_per_image(net, x, child=True)
+    if write:
+        atomic_write_text(run_dir / "child.json", json.dumps(result, indent=1) + "\n")
+    return result

@@ -1,0 +1,119 @@
+"""`entrannas train`, `profile` and `child`: parse arguments, call the Python API, print.
+
+cli.py registers these through `add_commands`; its `main` turns the library's user errors
+(bad genotype, config, checkpoint, data) into one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import ConfigError
+
+__all__ = ["add_commands"]
+
+DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
+
+
+def add_commands(sub, add_config_args) -> None:
+    t = sub.add_parser("train", help="train a genotype from scratch and measure it (SPEC section 5)")
+    t.add_argument("--genotype", "-g", metavar="GENOTYPE",
+                   help="a genotype JSON file, a search run folder, a builtin name (DARTS_V2, ...) "
+                        "or a DARTS-style string")
+    add_config_args(t, "train")
+    t.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("profile", help="params (M) and multiply-adds (M) of a genotype's target network")
+    p.add_argument("genotype", help="a genotype JSON file, a run folder, a builtin name or a DARTS string")
+    p.add_argument("--dataset", "-d", choices=DATASETS, default="cifar10",
+                   help="sets the defaults: cifar C=36 20 cells 32x32; imagenet C=48 14 cells 224x224; "
+                        "fashion-mnist C=36 20 cells 28x28x1")
+    p.add_argument("--C", type=_positive, help="initial channels (default: the dataset's)")
+    p.add_argument("--layers", type=_layers, help="number of cells (default: the dataset's)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=cmd_profile)
+
+    c = sub.add_parser("child", help="super-net versus child-net accuracy of a search (Table 1)")
+    c.add_argument("run_dir", metavar="RUN_DIR", help="a search run folder (holds checkpoint.pt)")
+    c.add_argument("--limit", type=_positive, help="evaluate at most N validation images")
+    c.add_argument("--device", help="cpu, cuda, cuda:N (default: the search's run.device)")
+    c.add_argument("--macs", action="store_true", help="also count multiply-adds per image of each (slow)")
+    c.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    c.set_defaults(handler=cmd_child)
+
+
+def _positive(text: str) -> int:
+    import argparse
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _layers(text: str) -> int:
+    import argparse
+    n = _positive(text)
+    if n < 3:
+        raise argparse.ArgumentTypeError(f"a network needs at least 3 cells (two are reduction cells), got {n}")
+    return n
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import resume_training, run_training
+    if args.resume:
+        if args.config or args.overrides or args.genotype:
+            raise ConfigError("--resume continues a run with its own config and genotype: "
+                              "drop --config/--set/--genotype")
+        result = resume_training(args.resume, quiet=args.quiet)
+    else:
+        if not args.genotype:
+            raise ConfigError("give --genotype FILE_OR_NAME_OR_RUN_DIR (e.g. DARTS_V2), or --resume RUN_DIR")
+        if not args.config:
+            raise ConfigError("give --config PRESET_OR_YAML (train presets: cifar10-eval, imagenet-eval, "
+                              "fmnist-eval; see `entrannas presets`) or --resume RUN_DIR")
+        cfg = load_config(args.config, args.overrides, kind="train")
+        result = run_training(cfg, args.genotype, args.out, quiet=args.quiet, preset=Path(args.config).stem)
+    s = result.summary
+    print(f"test accuracy: {s['test_acc']:.2f}% (best {s['best_test_acc']:.2f}%) on "
+          f"{s['test_images']} test images after {s['epochs']} epochs")
+    print(f"params: {s['params_M']:.2f}M  multiply-adds: {s['macs_M']:.1f}M")
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from .genotype import load_genotype
+    from .measure import profile_genotype
+    g = load_genotype(args.genotype)
+    r = profile_genotype(g, args.dataset, C=args.C, layers=args.layers)
+    if args.json:
+        print(json.dumps({**r, "input_shape": list(r["input_shape"])}, indent=1))
+        return 0
+    rows = [("dataset", r["dataset"]), ("channels C", r["C"]), ("cells", r["layers"]),
+            ("input", "x".join(map(str, r["input_shape"]))),
+            ("params (M)", f"{r['params_M']:.2f}"), ("multiply-adds (M)", f"{r['macs_M']:.0f}"),
+            ("ops normal / reduce", f"{r['ops_normal']} / {r['ops_reduce']}"),
+            ("edges normal / reduce", f"{r['edges_normal']} / {r['edges_reduce']}")]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_child(args) -> int:
+    from .child import child_accuracy
+    r = child_accuracy(args.run_dir, limit=args.limit, device=args.device, macs=args.macs)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(f"{r['method']} search, engine cells {r['engine_cells']}, epoch {r['epoch'] + 1}, "
+          f"{r['images']} validation images")
+    for name, key in (("super-net", "supernet"), ("child-net", "child")):
+        cost = f"  ({r[key + '_macs_M']:.1f}M multiply-adds/image)" if args.macs else ""
+        print(f"{name} accuracy: {r[key + '_acc']:.2f}%{cost}")
+    print(f"written to {Path(args.run_dir) / 'child.json'}")
+    return 0

@@ -1,0 +1,260 @@
+"""Train a searched cell from scratch as a target network (SPEC section 5) and measure it.
+
+    result = run_training(load_config("cifar10-eval", kind="train"), "DARTS_V2")
+    result = resume_training("runs/cifar10-eval-s0-...")     # continue a stopped one
+    result.summary                                         # test acc, params (M), MACs (M)
+
+Per step: SGD with momentum on the cross-entropy of the main head plus `aux_weight` times
+that of the auxiliary head (both label-smoothed if asked), gradient norm clipped. The
+learning rate follows a cosine or a linear schedule per epoch, and the drop-path
+probability rises linearly from 0 as in DARTS. The run folder has the same layout as a
+search's, plus genotype.json (what was trained) and summary.json (what it scored).
+metrics.jsonl's train_loss is the optimised objective (main + weighted auxiliary, as DARTS
+logs it); test_loss is the plain cross-entropy of the main head.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import TrainConfig, from_dict, to_dict
+from .evalnet import build_target_net
+from .genotype import Genotype, load_genotype
+from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, peak_memory_gib,
+                   progress, resolve_device, seed_everything)
+from .measure import count_macs, count_params
+from .rundir import RunFolder, Timer, format_eta
+from .search import cosine_lr
+
+__all__ = ["run_training", "resume_training", "train_step", "build_net", "lr_at", "TrainResult"]
+
+
+def lr_at(cfg: TrainConfig, epoch: int) -> float:
+    """The learning rate of an epoch: cosine (CIFAR) or linear (ImageNet) from lr to lr_min."""
+    o = cfg.optim
+    if o.schedule == "linear":
+        return o.lr - (o.lr - o.lr_min) * epoch / o.epochs
+    return cosine_lr(o.lr, o.lr_min, epoch, o.epochs)
+
+
+def build_net(cfg: TrainConfig, genotype: Genotype, info, device: torch.device | str | None = None):
+    """The target network of `genotype` for the config's dataset. Everything but ImageNet uses
+    the CIFAR layout (3x3 stem, no downsampling before the cells), with the dataset's classes
+    and channels."""
+    m = cfg.model
+    variant = "imagenet" if cfg.data.dataset == "imagenet" else "cifar10"
+    with torch.device(device or "cpu"):
+        return build_target_net(genotype, variant, C=m.C, layers=m.layers, auxiliary=m.auxiliary,
+                                num_classes=info.num_classes, in_channels=info.channels)
+
+
+def net_cost(cfg: TrainConfig, genotype: Genotype, info) -> dict:
+    """Params (M, without the auxiliary head) and multiply-adds (M, one image) as papers report
+    them; counted on the meta device, so nothing is allocated or computed."""
+    # fork_rng: building a net initialises weights, which must not move the generator that
+    # drop path uses (a resumed run restores it before this is called).
+    with torch.random.fork_rng(devices=[]):
+        net = build_net(cfg, genotype, info, "meta")
+    return {"params_M": count_params(net) / 1e6,
+            "macs_M": count_macs(net, (info.channels, *info.image_size)) / 1e6}
+
+
+def train_step(net, opt: torch.optim.Optimizer, x, y, cfg: TrainConfig):
+    """One SGD step on a batch; returns the loss (main + weighted auxiliary) and the main logits,
+    detached. Raises FloatingPointError before the update if the loss is not finite, so the
+    weights (and the last checkpoint) stay good."""
+    m, o = cfg.model, cfg.optim
+    opt.zero_grad(set_to_none=True)
+    logits, logits_aux = net(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=o.label_smoothing)
+    if logits_aux is not None and m.aux_weight > 0:
+        loss = loss + m.aux_weight * F.cross_entropy(logits_aux, y, label_smoothing=o.label_smoothing)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the training loss became {value}: lower optim.lr or "
+                                 f"optim.grad_clip; the last good checkpoint is kept")
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: list[dict]
+    summary: dict
+
+    @property
+    def test_acc(self) -> float:
+        return self.summary.get("test_acc", float("nan"))
+
+
+def _rng_state(device: torch.device) -> dict:
+    # Drop path draws its masks from the global generator (the loader has its own), so a
+    # resumed run must continue from the same generator state to drop the same paths.
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _Training:
+    """State of one training run; `run_epochs()` trains until done or until a stop request."""
+
+    def __init__(self, cfg: TrainConfig, genotype: Genotype, run: RunFolder, state: dict | None = None):
+        self.cfg, self.genotype, self.run = cfg, genotype, run
+        self.device = resolve_device(cfg.run.device)
+        seed_everything(cfg.run.seed)
+        self.data = build_loaders(cfg, self.device, search=False)
+        self.net = build_net(cfg, genotype, self.data.info).to(self.device)
+        o = cfg.optim
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum,
+                                   weight_decay=o.weight_decay)
+        # Position: `step` batches of epoch `epoch` are done; `partial` sums their loss,
+        # correct predictions and images so a resumed epoch reports the same metrics.
+        self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0
+        if state is not None:
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+            self.epoch, self.step = state["epoch"], state["step"]
+            self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
+            _set_rng_state(state["rng"], self.device)
+            run.keep_metrics_before(self.epoch)
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run.file("checkpoint.pt"), {
+            "kind": "train", "config": to_dict(self.cfg), "genotype": self.genotype.to_dict(),
+            "epoch": self.epoch, "step": self.step, "partial": self.partial,
+            "elapsed": self.timer.elapsed, "rng": _rng_state(self.device),
+            "net": self.net.state_dict(), "opt": self.opt.state_dict()})
+
+    def run_epochs(self, stop: StopFlag) -> None:
+        cfg, net, log, o = self.cfg, self.net, self.run.log, self.cfg.optim
+        self.timer = Timer(self.elapsed)
+        steps = len(self.data.train)
+        total = o.epochs * steps
+        done0 = self.epoch * steps + self.step
+        bar = progress(total, done0, "train")
+        while self.epoch < o.epochs:
+            e = self.epoch
+            lr = lr_at(cfg, e)
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            # DARTS raises drop path linearly: no regularisation while the net is still weak.
+            net.drop_path_prob = cfg.model.drop_path * e / o.epochs
+            # Batches depend only on (seed, epoch, batch): resuming mid-epoch replays nothing.
+            self.data.train.set_epoch(e, self.step)
+            net.train()
+            for x, y in self.data.train:
+                try:
+                    loss, logits = train_step(net, self.opt, x, y, cfg)
+                except FloatingPointError as err:
+                    bar.close()
+                    raise FloatingPointError(f"epoch {e + 1}, step {self.step + 1}: {err}") from None
+                self.partial[0] += float(loss) * y.numel()
+                self.partial[1] += float((logits.argmax(1) == y).sum())
+                self.partial[2] += y.numel()
+                self.step += 1
+                b = self.step
+                bar.update(1)
+                done = e * steps + b
+                if b % cfg.run.log_every == 0 or b == steps:
+                    rate = (done - done0) / max(self.timer.elapsed - self.elapsed, 1e-9)
+                    log.info(f"epoch {e + 1}/{o.epochs} step {b}/{steps} "
+                             f"loss {self.partial[0] / self.partial[2]:.4f} "
+                             f"acc {100 * self.partial[1] / self.partial[2]:.2f}% lr {lr:.4g} "
+                             f"eta {format_eta((total - done) / max(rate, 1e-9))}")
+                if stop.requested:
+                    self.checkpoint()
+                    bar.close()
+                    raise Interrupted(self.run.path)
+                if cfg.run.checkpoint_every and b % cfg.run.checkpoint_every == 0 and b < steps:
+                    self.checkpoint()
+            self.end_epoch(e, lr)
+        bar.close()
+
+    def end_epoch(self, e: int, lr: float) -> None:
+        # Eval mode: no drop path and no auxiliary head, so evaluation draws no random numbers
+        # and the generator state stays that of the training steps.
+        test_loss, test_acc = evaluate(self.net, self.data.val)
+        loss_sum, correct, count = self.partial
+        row = {"epoch": e, "lr": lr, "drop_path": self.net.drop_path_prob,
+               "train_loss": loss_sum / max(count, 1), "train_acc": 100 * correct / max(count, 1),
+               "test_loss": test_loss, "test_acc": test_acc, "wall_time": self.timer.elapsed,
+               "peak_mem_gib": peak_memory_gib(self.device)}
+        self.run.append_metrics(row)
+        self.run.log.info(f"epoch {e + 1} done: train acc {row['train_acc']:.2f}% "
+                          f"test acc {test_acc:.2f}% wall {format_eta(row['wall_time'])}")
+        self.epoch, self.step, self.partial = e + 1, 0, [0.0, 0.0, 0]
+        self.checkpoint()
+
+
+def run_training(cfg: TrainConfig, genotype, run_dir: str | Path | None = None, quiet: bool = False,
+                 preset: str | None = None) -> TrainResult:
+    """Train `genotype` (a Genotype, JSON file, builtin name or search run folder) from scratch
+    into `run_dir` (default: a new folder under cfg.run.out)."""
+    if getattr(cfg, "kind", None) != "train":
+        from .config import ConfigError
+        raise ConfigError(f"run_training needs a train config (kind: train), got {getattr(cfg, 'kind', cfg)!r}")
+    genotype = load_genotype(genotype)
+    run = make_run_folder(cfg, run_dir, preset or "train", quiet)
+    run.write_config(cfg)
+    genotype.save(run.file("genotype.json"))
+    if cfg.run.plots:
+        from .plot import plot_genotype
+        source = genotype.meta.get("source")  # a builtin's paper; user metadata may be anything
+        plot_genotype(genotype, run.file("cells.png"), title=source if isinstance(source, str) else None)
+    return _drive(cfg, genotype, run, None)
+
+
+def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
+    """Continue a stopped training run from its last checkpoint, with its own config and genotype."""
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    if state.get("kind") != "train":
+        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a training run: "
+                              f"use `entrannas search --resume {run_dir}`")
+    cfg = from_dict(state["config"], "train")
+    genotype = Genotype.from_dict(state["genotype"])
+    run = RunFolder(run_dir, tensorboard=cfg.run.tensorboard, quiet=quiet)
+    run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")
+    return _drive(cfg, genotype, run, state)
+
+
+def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> TrainResult:
+    training = _Training(cfg, genotype, run, state)
+    info = training.data.info
+    cost = net_cost(cfg, genotype, info)
+    run.log.info(f"training on {cfg.data.dataset}: C={cfg.model.C}, {cfg.model.layers} cells, "
+                 f"{cost['params_M']:.3f}M params, {cost['macs_M']:.1f}M multiply-adds; "
+                 f"{len(training.data.train)} steps per epoch x {cfg.optim.epochs} epochs, batch "
+                 f"{cfg.optim.batch_size}, device {training.device}, run folder {run.path}")
+    with StopFlag() as stop:
+        training.run_epochs(stop)
+    metrics = run.read_metrics()
+    best = max(metrics, key=lambda r: r["test_acc"]) if metrics else {}
+    summary = {"dataset": cfg.data.dataset, "test_images": training.data.split["test"],
+               "train_images": training.data.split["train"], "epochs": cfg.optim.epochs,
+               "test_acc": metrics[-1]["test_acc"] if metrics else float("nan"),
+               "test_loss": metrics[-1]["test_loss"] if metrics else float("nan"),
+               "best_test_acc": best.get("test_acc", float("nan")), "best_epoch": best.get("epoch"),
+               **cost, "C": cfg.model.C, "layers": cfg.model.layers,
+               "wall_time": metrics[-1]["wall_time"] if metrics else 0.0,
+               "peak_mem_gib": max((r["peak_mem_gib"] for r in metrics), default=0.0),
+               "genotype": genotype.to_dict()}
+    run.write_json("summary.json", summary)
+    run.log.info(f"final test acc {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}% "
+                 f"at epoch {(summary['best_epoch'] or 0) + 1}); summary: {run.file('summary.json')}")
+    run.close()
+    return TrainResult(run.path, metrics, summary)
