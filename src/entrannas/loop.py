@@ -20,9 +20,10 @@ from .data import (Augment, BatchLoader, DataError, derive_seed, imagenet_loader
                    imagenet_search_subset, load_dataset, split_indices)
 from .data.augment import normalize
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from .rundir import RunError, RunFolder
+from . import distributed as ddp
+from .rundir import NullRunFolder, RunError, RunFolder
 
-__all__ = ["Interrupted", "StopFlag", "Loaders", "build_loaders", "evaluate", "make_run_folder",
+__all__ = ["Interrupted", "StopFlag", "Loaders", "build_loaders", "evaluate", "make_run_folder", "open_run_folder",
            "peak_memory_gib", "progress", "resolve_device", "seed_everything"]
 
 
@@ -85,21 +86,24 @@ def progress(total: int, initial: int, desc: str):
     from tqdm import tqdm
     # disable=None: a bar on a terminal, nothing in CI logs (the log lines carry the ETA).
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                disable=None, leave=False)
+                disable=None if ddp.is_main() else True, leave=False)
 
 
 class FolderLoader:
     """BatchLoader's interface over an image-folder dataset decoded in DataLoader workers
     (ImageNet): order and augmentation depend only on (seed, epoch)."""
 
-    def __init__(self, dataset, indices, batch_size, shuffle, device, seed, workers, drop_last):
+    def __init__(self, dataset, indices, batch_size, shuffle, device, seed, workers, drop_last,
+                 rank=0, world_size=1):
         self.dataset, self.indices = dataset, list(indices)
+        # Like BatchLoader: each rank takes every world_size-th image of the epoch's order.
+        self.rank, self.world_size = rank, world_size
         self.batch_size, self.shuffle, self.device = batch_size, shuffle, device
         self.seed, self.workers, self.drop_last = seed, workers, drop_last
         self.epoch = self.batch = 0
 
     def __len__(self):
-        n = len(self.indices)
+        n = len(self.indices) // self.world_size
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch, batch=0):
@@ -116,6 +120,8 @@ class FolderLoader:
         if self.shuffle:
             g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             idx = [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
+        if self.world_size > 1:
+            idx = idx[self.rank::self.world_size][: len(self.indices) // self.world_size]
         idx = idx[self.batch * self.batch_size: len(self) * self.batch_size]
         loader = imagenet_loader(self.dataset, idx, self.batch_size, shuffle=False,
                                  num_workers=self.workers, seed=self.seed, epoch=self.epoch)
@@ -137,6 +143,11 @@ class Loaders:
 
 def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:
     d, o, seed = cfg.data, cfg.optim, cfg.run.seed
+    # optim.batch_size is the global batch: each of the W ranks takes 1/W of every batch (the
+    # images a single process would put in it), so the run matches a single process's. The
+    # evaluation sets are split among the ranks without truncation (sums are all-reduced).
+    bs, rank, world = ddp.per_rank_batch(o.batch_size), ddp.rank(), ddp.world_size()
+    shard = dict(rank=rank, world_size=world)
     kwargs = {}
     if d.dataset == "synthetic":
         kwargs = dict(shape=tuple(d.synthetic_shape), train_size=d.synthetic_size,
@@ -156,24 +167,24 @@ def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:
         if n < o.batch_size:
             raise DataError(f"only {n} images per half for batch size {o.batch_size}: "
                             f"lower optim.batch_size or raise data.limit")
-        train_l = BatchLoader(train.images, train.labels, w_idx, o.batch_size, True, aug,
-                              drop_last=True, seed=derive_seed(seed, 1), **common)
-        arch_l = BatchLoader(train.images, train.labels, a_idx, o.batch_size, True, aug,
-                             drop_last=True, seed=derive_seed(seed, 2), **common)
+        train_l = BatchLoader(train.images, train.labels, w_idx, bs, True, aug,
+                              drop_last=True, seed=derive_seed(seed, 1), **common, **shard)
+        arch_l = BatchLoader(train.images, train.labels, a_idx, bs, True, aug,
+                             drop_last=True, seed=derive_seed(seed, 2), **common, **shard)
         val_idx = a_idx[: d.eval_limit] if d.eval_limit else a_idx
-        val_l = BatchLoader(train.images, train.labels, val_idx, max(o.batch_size, 256), False,
-                            None, seed=seed, **common)
+        val_l = BatchLoader(train.images, train.labels, val_idx[rank::world], max(o.batch_size, 256),
+                            False, None, seed=seed, **common)
         split = {"seed": seed, "fraction": d.split, "limit": d.limit, "weight": len(w_idx),
                  "arch": len(a_idx), "val": len(val_idx),
                  "weight_idx_head": w_idx[:8].tolist(), "arch_idx_head": a_idx[:8].tolist()}
         return Loaders(info, train_l, arch_l, val_l, split)
     idx = torch.arange(len(train))[: d.limit] if d.limit else None
-    train_l = BatchLoader(train.images, train.labels, idx, o.batch_size, True, aug,
-                          drop_last=False, seed=derive_seed(seed, 1), **common)
-    test_idx = torch.arange(len(test))[: d.eval_limit] if d.eval_limit else None
-    test_l = BatchLoader(test.images, test.labels, test_idx, max(o.batch_size, 256), False, None,
-                         seed=seed, **common)
-    return Loaders(info, train_l, None, test_l, {"train": len(train_l.indices), "test": len(test_l.indices)})
+    train_l = BatchLoader(train.images, train.labels, idx, bs, True, aug,
+                          drop_last=False, seed=derive_seed(seed, 1), **common, **shard)
+    test_idx = torch.arange(len(test))[: d.eval_limit] if d.eval_limit else torch.arange(len(test))
+    test_l = BatchLoader(test.images, test.labels, test_idx[rank::world], max(o.batch_size, 256), False,
+                         None, seed=seed, **common)
+    return Loaders(info, train_l, None, test_l, {"train": len(train_l.indices), "test": len(test_idx)})
 
 
 def _imagenet_loaders(cfg, train, val, device, search):
@@ -181,8 +192,11 @@ def _imagenet_loaders(cfg, train, val, device, search):
     d, o, seed = cfg.data, cfg.optim, cfg.run.seed
     info = DatasetInfo("imagenet", len(train.classes), 3, (d.image_size, d.image_size),
                        tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
-    mk = lambda ds, idx, shuffle, s: FolderLoader(ds, idx, o.batch_size, shuffle, device, s,
-                                                   d.workers, drop_last=shuffle)
+    bs, rank, world = ddp.per_rank_batch(o.batch_size), ddp.rank(), ddp.world_size()
+    # Training halves: every world-th image of each epoch's order; evaluation: a fixed shard.
+    mk = lambda ds, idx, shuffle, s: (
+        FolderLoader(ds, idx, bs, True, device, s, d.workers, drop_last=True, rank=rank, world_size=world)
+        if shuffle else FolderLoader(ds, list(idx)[rank::world], bs, False, device, s, d.workers, False))
     if search:
         w_idx, a_idx = imagenet_search_subset(train, d.split, seed)
         n = min(len(w_idx), len(a_idx))
@@ -198,8 +212,9 @@ def _imagenet_loaders(cfg, train, val, device, search):
 
 
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, loader, **forward_kwargs) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (%) in eval mode."""
+def evaluate(net: torch.nn.Module, loader, reduce: bool = False, **forward_kwargs) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (%) in eval mode. `reduce`: the loader holds this
+    rank's shard; the sums are all-reduced so every rank returns the figures of the whole set."""
     was_training = net.training
     net.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -212,7 +227,21 @@ def evaluate(net: torch.nn.Module, loader, **forward_kwargs) -> tuple[float, flo
         correct += int((logits.argmax(1) == y).sum())
         count += y.numel()
     net.train(was_training)
+    if reduce:
+        loss_sum, correct, count = ddp.allreduce_sum([loss_sum, correct, count], _device_of(net))
     return float(loss_sum) / max(count, 1), 100.0 * correct / max(count, 1)
+
+
+def _device_of(net):
+    p = next(net.parameters(), None)
+    return p.device if p is not None else None
+
+
+def open_run_folder(run_dir, tensorboard: bool, quiet: bool):
+    """The run folder on rank 0; on the other ranks a stand-in that writes nothing."""
+    if ddp.is_main():
+        return RunFolder(run_dir, tensorboard=tensorboard, quiet=quiet)
+    return NullRunFolder(run_dir)
 
 
 def make_run_folder(cfg, run_dir, default_name: str, quiet: bool) -> RunFolder:
@@ -220,8 +249,9 @@ def make_run_folder(cfg, run_dir, default_name: str, quiet: bool) -> RunFolder:
     if run_dir is None:
         name = cfg.run.name or f"{default_name}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(cfg.run.out) / name
-    run_dir = Path(run_dir)
+    run_dir = Path(ddp.broadcast_object(str(run_dir)))  # rank 0's clock names the folder
+    # Every rank checks (and raises) alike, so none is left waiting for the others.
     if (run_dir / "checkpoint.pt").exists():
         raise RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or "
                        f"choose another folder with --out")
-    return RunFolder(run_dir, tensorboard=cfg.run.tensorboard, quiet=quiet)
+    return open_run_folder(run_dir, cfg.run.tensorboard, quiet)

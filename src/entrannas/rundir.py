@@ -20,7 +20,7 @@ import yaml
 from .fsutil import atomic_write_text
 from .config import to_dict
 
-__all__ = ["RunFolder", "RunError", "format_eta"]
+__all__ = ["RunFolder", "NullRunFolder", "RunError", "format_eta"]
 
 
 class RunError(RuntimeError):
@@ -121,6 +121,40 @@ class RunFolder:
         for h in list(self.log.handlers):
             h.close()
             self.log.removeHandler(h)
+
+
+class NullRunFolder:
+    """RunFolder's interface for the ranks other than 0 of a multi-process run: nothing is
+    created or written (the metrics rows are kept in memory so the API returns them)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.log = logging.getLogger("entrannas.run.null")
+        self.log.propagate = False
+        if not self.log.handlers:
+            self.log.addHandler(logging.NullHandler())
+        self._rows: list[dict] = []
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_config(self, cfg) -> None:
+        pass
+
+    def write_json(self, name: str, obj) -> None:
+        pass
+
+    def append_metrics(self, row: dict) -> None:
+        self._rows.append(row)
+
+    def read_metrics(self) -> list[dict]:
+        return list(self._rows)
+
+    def keep_metrics_before(self, epoch: int) -> None:
+        self._rows = [r for r in self._rows if r.get("epoch", 0) < epoch]
+
+    def close(self) -> None:
+        pass
 
 
 class Timer:

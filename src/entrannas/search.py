@@ -17,10 +17,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import SearchConfig, from_dict, to_dict
-from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, peak_memory_gib,
-                   progress, resolve_device, seed_everything)
+from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
+                   peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
 from .supernet import CELL_TYPES, SuperNet
 
@@ -38,12 +39,17 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
     architecture step skips every weight-gradient kernel and the weight step skips the
     coefficient gradients: exact, and cheaper than a full backward.
     Returns the training loss and logits of the weight step (detached).
+
+    Under torchrun each rank passes its share of the global batch; the gradients are averaged
+    over the ranks before each optimiser step (see distributed.py), so alpha/beta stay
+    bit-identical on every rank and the step is the single-process step on the global batch.
     """
     if a_opt is not None:
         xv, yv = val_batch
         a_opt.zero_grad(set_to_none=True)
         arch_loss = F.cross_entropy(net(xv), yv) + net.dst_regulariser()
         arch_loss.backward(inputs=net.arch_parameters())
+        ddp.allreduce_grads(net.arch_parameters())
         a_opt.step()
 
     xt, yt = train_batch
@@ -52,6 +58,7 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
     logits = net(xt)
     loss = F.cross_entropy(logits, yt)
     loss.backward(inputs=weights)
+    ddp.allreduce_grads(weights)
     torch.nn.utils.clip_grad_norm_(weights, grad_clip)
     w_opt.step()
     return loss.detach(), logits.detach()
@@ -100,6 +107,8 @@ class _Search:
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=True)
         self.net = build_supernet(cfg, self.data.info).to(self.device)
+        if ddp.active():
+            ddp.convert_sync_batchnorm(self.net)  # statistics over the global batch
         o = cfg.optim
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=o.lr, momentum=o.momentum,
                                      weight_decay=o.weight_decay)
@@ -117,8 +126,11 @@ class _Search:
             run.keep_metrics_before(self.epoch)
         else:
             run.write_json("split.json", self.data.split)
+        ddp.broadcast_params(self.net)
 
     def checkpoint(self) -> None:
+        if not ddp.is_main():
+            return
         save_checkpoint(self.run.file("checkpoint.pt"), {
             "kind": "search", "config": to_dict(self.cfg), "epoch": self.epoch, "step": self.step,
             "partial": self.partial, "elapsed": self.timer.elapsed,
@@ -145,13 +157,18 @@ class _Search:
             net.train()
             for (xt, yt), val_batch in zip(self.data.train, self.data.arch):
                 loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
-                if not math.isfinite(float(loss)):
+                # Global sums (every rank gets the same, so a non-finite loss stops all ranks).
+                # A stop request on any rank stops all of them at the same step.
+                loss_sum, correct, count, stopping = ddp.allreduce_sum(
+                    [float(loss) * yt.numel(), float((logits.argmax(1) == yt).sum()), yt.numel(),
+                     float(stop.requested)])
+                if not math.isfinite(loss_sum):
                     raise FloatingPointError(
-                        f"the training loss became {float(loss)} at epoch {e}, step {self.step + 1}: "
+                        f"the training loss became {loss_sum / count} at epoch {e}, step {self.step + 1}: "
                         f"lower optim.lr or optim.arch_lr; the last good checkpoint is kept")
-                self.partial[0] += float(loss) * yt.numel()
-                self.partial[1] += float((logits.argmax(1) == yt).sum())
-                self.partial[2] += yt.numel()
+                self.partial[0] += loss_sum
+                self.partial[1] += correct
+                self.partial[2] += int(count)
                 self.step += 1
                 b = self.step
                 bar.update(1)
@@ -162,7 +179,7 @@ class _Search:
                              f"loss {self.partial[0] / self.partial[2]:.4f} "
                              f"acc {100 * self.partial[1] / self.partial[2]:.2f}% "
                              f"tau {net.tau:.3f} eta {format_eta((total - done) / max(rate, 1e-9))}")
-                if stop.requested:
+                if stopping:
                     self.checkpoint()
                     bar.close()
                     raise Interrupted(self.run.path)
@@ -173,7 +190,7 @@ class _Search:
 
     def end_epoch(self, e: int, lr: float) -> None:
         net, run = self.net, self.run
-        val_loss, val_acc = evaluate(net, self.data.val)
+        val_loss, val_acc = evaluate(net, self.data.val, reduce=ddp.active())
         genotype = net.genotype()
         loss_sum, correct, count = self.partial
         row = {"epoch": e, "lr": lr, "tau": net.tau,
@@ -184,9 +201,10 @@ class _Search:
         if net.derivation == "dst":
             row["thresholds"] = {t: net.thresholds(t).tolist() for t in CELL_TYPES}
         run.append_metrics(row)
-        genotype.save(run.file(f"genotypes/epoch_{e:03d}.json"))
-        genotype.save(run.file("genotype.json"))
-        if self.cfg.run.plots:
+        if ddp.is_main():
+            genotype.save(run.file(f"genotypes/epoch_{e:03d}.json"))
+            genotype.save(run.file("genotype.json"))
+        if self.cfg.run.plots and ddp.is_main():
             from .plot import plot_genotype
             plot_genotype(genotype, run.file("cells.png"), title=f"epoch {e + 1}")
         run.log.info(f"epoch {e + 1} done: train acc {row['train_acc']:.2f}% val acc {val_acc:.2f}% "
@@ -198,21 +216,25 @@ class _Search:
 
 def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, quiet: bool = False,
                preset: str | None = None) -> SearchResult:
-    """Run a search from scratch into `run_dir` (default: a new folder under cfg.run.out)."""
+    """Run a search from scratch into `run_dir` (default: a new folder under cfg.run.out).
+    Under torchrun, joins the process group; only rank 0 writes the run folder."""
+    ddp.init_from_env()
     run = make_run_folder(cfg, run_dir, preset or "search", quiet)
     run.write_config(cfg)
     return _drive(cfg, run, None)
 
 
 def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
-    """Continue a stopped search from its last checkpoint; the run's own config is used."""
+    """Continue a stopped search from its last checkpoint; the run's own config is used.
+    Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
+    ddp.init_from_env()
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     if state.get("kind") != "search":
         from .checkpoint import CheckpointError
         raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a search: "
                               f"use `entrannas train --resume {run_dir}`")
     cfg = from_dict(state["config"], "search")
-    run = RunFolder(run_dir, tensorboard=cfg.run.tensorboard, quiet=quiet)
+    run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
     run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")
     return _drive(cfg, run, state)
 
@@ -221,9 +243,11 @@ def _drive(cfg, run: RunFolder, state) -> SearchResult:
     search = _Search(cfg, run, state)
     run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
                  f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
-                 f"device {search.device}, run folder {run.path}")
+                 f"device {search.device}, {ddp.world_size()} process(es), run folder {run.path}")
     with StopFlag() as stop:
         search.run_epochs(stop)
+    if ddp.active():  # every rank must have derived the same architecture
+        ddp.assert_same_on_all_ranks(search.net.arch_parameters(), "alpha/beta")
     genotype = search.net.genotype()
     run.log.info(f"final genotype: {run.file('genotype.json')}")
     metrics = run.read_metrics()
@@ -239,6 +263,7 @@ def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | 
     import copy
 
     from .genotype import Genotype
+    ddp.init_from_env()
     parent = make_run_folder(cfg, run_dir, preset or "search", quiet)
     results = []
     for s in seeds:
@@ -253,7 +278,8 @@ def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | 
     table = [{"seed": s, "val_acc": r.val_acc, "run_dir": str(r.run_dir)} for s, r in zip(seeds, results)]
     parent.write_json("seeds.json", {"best_seed": seeds[results.index(best)], "runs": table})
     g = Genotype.from_dict({**best.genotype.to_dict(), "selected_from": table})
-    g.save(parent.file("genotype.json"))
+    if ddp.is_main():
+        g.save(parent.file("genotype.json"))
     parent.log.info(f"best of {len(seeds)} seeds: seed {seeds[results.index(best)]} "
                     f"val acc {best.val_acc:.2f}% -> {parent.file('genotype.json')}")
     parent.close()

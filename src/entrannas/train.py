@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import distributed as ddp
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, from_dict, to_dict
 from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
-from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, peak_memory_gib,
-                   progress, resolve_device, seed_everything)
+from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
+                   peak_memory_gib, progress, resolve_device, seed_everything)
 from .measure import count_macs, count_params
 from .rundir import RunFolder, Timer, format_eta
 from .search import cosine_lr
@@ -67,7 +68,8 @@ def net_cost(cfg: TrainConfig, genotype: Genotype, info) -> dict:
 def train_step(net, opt: torch.optim.Optimizer, x, y, cfg: TrainConfig):
     """One SGD step on a batch; returns the loss (main + weighted auxiliary) and the main logits,
     detached. Raises FloatingPointError before the update if the loss is not finite, so the
-    weights (and the last checkpoint) stay good."""
+    weights (and the last checkpoint) stay good. Under torchrun the gradients are averaged over
+    the ranks before clipping, and the loss checked is the global one, so every rank raises alike."""
     m, o = cfg.model, cfg.optim
     opt.zero_grad(set_to_none=True)
     logits, logits_aux = net(x)
@@ -75,10 +77,13 @@ def train_step(net, opt: torch.optim.Optimizer, x, y, cfg: TrainConfig):
     if logits_aux is not None and m.aux_weight > 0:
         loss = loss + m.aux_weight * F.cross_entropy(logits_aux, y, label_smoothing=o.label_smoothing)
     value = float(loss.detach())
+    if ddp.active():
+        value = ddp.allreduce_sum([value], None)[0] / ddp.world_size()
     if not math.isfinite(value):
         raise FloatingPointError(f"the training loss became {value}: lower optim.lr or "
                                  f"optim.grad_clip; the last good checkpoint is kept")
     loss.backward()
+    ddp.allreduce_grads(net.parameters())
     torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
     opt.step()
     return loss.detach(), logits.detach()
@@ -119,6 +124,8 @@ class _Training:
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=False)
         self.net = build_net(cfg, genotype, self.data.info).to(self.device)
+        if ddp.active():
+            ddp.convert_sync_batchnorm(self.net)  # statistics over the global batch
         o = cfg.optim
         self.opt = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum,
                                    weight_decay=o.weight_decay)
@@ -132,8 +139,11 @@ class _Training:
             self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
             _set_rng_state(state["rng"], self.device)
             run.keep_metrics_before(self.epoch)
+        ddp.broadcast_params(self.net)
 
     def checkpoint(self) -> None:
+        if not ddp.is_main():
+            return
         save_checkpoint(self.run.file("checkpoint.pt"), {
             "kind": "train", "config": to_dict(self.cfg), "genotype": self.genotype.to_dict(),
             "epoch": self.epoch, "step": self.step, "partial": self.partial,
@@ -163,9 +173,13 @@ class _Training:
                 except FloatingPointError as err:
                     bar.close()
                     raise FloatingPointError(f"epoch {e + 1}, step {self.step + 1}: {err}") from None
-                self.partial[0] += float(loss) * y.numel()
-                self.partial[1] += float((logits.argmax(1) == y).sum())
-                self.partial[2] += y.numel()
+                # Global sums; a stop request on any rank stops all of them at the same step.
+                loss_sum, correct, count, stopping = ddp.allreduce_sum(
+                    [float(loss) * y.numel(), float((logits.argmax(1) == y).sum()), y.numel(),
+                     float(stop.requested)])
+                self.partial[0] += loss_sum
+                self.partial[1] += correct
+                self.partial[2] += int(count)
                 self.step += 1
                 b = self.step
                 bar.update(1)
@@ -176,7 +190,7 @@ class _Training:
                              f"loss {self.partial[0] / self.partial[2]:.4f} "
                              f"acc {100 * self.partial[1] / self.partial[2]:.2f}% lr {lr:.4g} "
                              f"eta {format_eta((total - done) / max(rate, 1e-9))}")
-                if stop.requested:
+                if stopping:
                     self.checkpoint()
                     bar.close()
                     raise Interrupted(self.run.path)
@@ -188,7 +202,7 @@ class _Training:
     def end_epoch(self, e: int, lr: float) -> None:
         # Eval mode: no drop path and no auxiliary head, so evaluation draws no random numbers
         # and the generator state stays that of the training steps.
-        test_loss, test_acc = evaluate(self.net, self.data.val)
+        test_loss, test_acc = evaluate(self.net, self.data.val, reduce=ddp.active())
         loss_sum, correct, count = self.partial
         row = {"epoch": e, "lr": lr, "drop_path": self.net.drop_path_prob,
                "train_loss": loss_sum / max(count, 1), "train_acc": 100 * correct / max(count, 1),
@@ -208,11 +222,13 @@ def run_training(cfg: TrainConfig, genotype, run_dir: str | Path | None = None, 
     if getattr(cfg, "kind", None) != "train":
         from .config import ConfigError
         raise ConfigError(f"run_training needs a train config (kind: train), got {getattr(cfg, 'kind', cfg)!r}")
+    ddp.init_from_env()
     genotype = load_genotype(genotype)
     run = make_run_folder(cfg, run_dir, preset or "train", quiet)
     run.write_config(cfg)
-    genotype.save(run.file("genotype.json"))
-    if cfg.run.plots:
+    if ddp.is_main():
+        genotype.save(run.file("genotype.json"))
+    if cfg.run.plots and ddp.is_main():
         from .plot import plot_genotype
         source = genotype.meta.get("source")  # a builtin's paper; user metadata may be anything
         plot_genotype(genotype, run.file("cells.png"), title=source if isinstance(source, str) else None)
@@ -220,14 +236,16 @@ def run_training(cfg: TrainConfig, genotype, run_dir: str | Path | None = None, 
 
 
 def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
-    """Continue a stopped training run from its last checkpoint, with its own config and genotype."""
+    """Continue a stopped training run from its last checkpoint, with its own config and genotype.
+    Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
+    ddp.init_from_env()
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
     if state.get("kind") != "train":
         raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a training run: "
                               f"use `entrannas search --resume {run_dir}`")
     cfg = from_dict(state["config"], "train")
     genotype = Genotype.from_dict(state["genotype"])
-    run = RunFolder(run_dir, tensorboard=cfg.run.tensorboard, quiet=quiet)
+    run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
     run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")
     return _drive(cfg, genotype, run, state)
 
@@ -239,7 +257,8 @@ def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> Train
     run.log.info(f"training on {cfg.data.dataset}: C={cfg.model.C}, {cfg.model.layers} cells, "
                  f"{cost['params_M']:.3f}M params, {cost['macs_M']:.1f}M multiply-adds; "
                  f"{len(training.data.train)} steps per epoch x {cfg.optim.epochs} epochs, batch "
-                 f"{cfg.optim.batch_size}, device {training.device}, run folder {run.path}")
+                 f"{cfg.optim.batch_size}, device {training.device}, {ddp.world_size()} process(es), "
+                 f"run folder {run.path}")
     with StopFlag() as stop:
         training.run_epochs(stop)
     metrics = run.read_metrics()

@@ -1,0 +1,202 @@
+"""Several processes (GPUs, machines) launched by `torchrun`: one process per device, each with
+1/world_size of the global batch.
+
+    torchrun --nproc_per_node=8 -m entrannas search --config imagenet-entrannas
+
+Gradients are averaged by hand rather than by wrapping the nets in DistributedDataParallel:
+
+* A transit-cell (EnTranNAS) and a pruned edge (DST) use a different subset of the weights at
+  every step, so many weights get no gradient. DDP would need `find_unused_parameters=True`,
+  which walks the autograd graph every step, and it would still all-reduce zeros for the unused
+  weights and hand SGD a zero gradient: SGD then applies weight decay and momentum to weights
+  the single-process run leaves alone (SGD skips a parameter whose grad is None).
+* Every rank holds bit-identical alpha/beta (their gradients are all-reduced too, and Adam is
+  deterministic), so every rank derives the same genotype and the same set of weights has a
+  gradient on every rank. `allreduce_grads` therefore averages exactly the parameters whose grad
+  is not None, in one flattened all_reduce: the result is the single-process step on the global
+  batch, and the unused weights cost nothing.
+
+BatchNorm statistics are taken over the global batch (`SyncBatchNorm2d`), so a run on W
+processes with per-process batch B/W computes what one process computes with batch B.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+__all__ = ["init_from_env", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
+           "allreduce_sum", "broadcast_params", "broadcast_object", "assert_same_on_all_ranks",
+           "SyncBatchNorm2d", "convert_sync_batchnorm", "per_rank_batch"]
+
+
+def init_from_env() -> bool:
+    """Join the process group described by torchrun's RANK/WORLD_SIZE/LOCAL_RANK (and
+    MASTER_ADDR/MASTER_PORT). NCCL when CUDA is available, gloo otherwise. A no-op (False) when
+    WORLD_SIZE is unset or 1, or when the group already exists."""
+    if dist.is_available() and dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank())  # torch.device("cuda") now means this rank's GPU
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return True
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """Only rank 0 writes files (run folder, checkpoints, metrics, plots, TensorBoard, log)."""
+    return rank() == 0
+
+
+def per_rank_batch(batch_size: int) -> int:
+    w = world_size()
+    if batch_size % w:
+        raise ValueError(f"optim.batch_size={batch_size} is the global batch and must be divisible by "
+                         f"the {w} processes")
+    return batch_size // w
+
+
+def allreduce_grads(params) -> None:
+    """Average the gradients of the parameters that have one, in one flattened all_reduce.
+    Correct only when every rank has gradients for the same parameters (see the module doc)."""
+    if not active():
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset: offset + n].view_as(g))
+        offset += n
+
+
+def allreduce_sum(values, device=None) -> list[float]:
+    """Sums of a few numbers over all ranks (float64), as floats."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if active():
+        if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only
+            t = t.cuda()
+        dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
+@torch.no_grad()
+def broadcast_params(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (the seeds make them equal already; this
+    makes it certain)."""
+    if not active():
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        dist.broadcast(t.data, 0)
+
+
+def broadcast_object(obj):
+    """Rank 0's value of a picklable object on every rank."""
+    if not active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, 0)
+    return box[0]
+
+
+def assert_same_on_all_ranks(tensors, what: str = "tensors") -> None:
+    """Raise if any tensor differs (bit for bit) from rank 0's: the architecture parameters must,
+    or the ranks would derive different genotypes."""
+    if not active():
+        return
+    for i, t in enumerate(tensors):
+        ref = t.detach().clone()
+        dist.broadcast(ref, 0)
+        if not torch.equal(ref, t.detach()):
+            raise RuntimeError(f"{what}[{i}] differs between rank 0 and rank {rank()}")
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over ranks: y = sum_r x_r on every rank, so dL/dx_r = sum_r' dL_r'/dy
+    (an all-reduce of the incoming gradients)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = x.clone()
+        dist.all_reduce(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad.clone()
+        dist.all_reduce(g)
+        return g
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training-mode statistics cover the global batch of all ranks; works on
+    CPU (gloo) and GPU. Per-channel sums and sums of squares are all-reduced with the
+    differentiable all_reduce, so gradients flow through the global statistics as they do through
+    a single process's. Same parameters, buffers and state_dict keys as nn.BatchNorm2d, so
+    checkpoints move freely between single- and multi-process runs. Eval mode, or a single
+    process, is plain BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+        C = x.shape[1]
+        # Two passes (mean, then the mean squared deviation), each one all-reduce: the one-pass
+        # E[x^2] - mean^2 cancels catastrophically on near-constant channels and the error,
+        # amplified by rsqrt(var + eps), would make the run drift away from a single process's.
+        stats = _AllReduceSum.apply(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), float(x.numel() // C))]))
+        n = stats[-1]
+        mean = stats[:C] / n
+        centred = x - mean.view(1, C, 1, 1)
+        var = _AllReduceSum.apply((centred * centred).sum((0, 2, 3))) / n  # biased: normalises
+        y = centred * torch.rsqrt(var.view(1, C, 1, 1) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(1, C, 1, 1) + self.bias.view(1, C, 1, 1)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
+                count = float(n)
+                unbiased = var * (count / max(count - 1.0, 1.0))
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d in `module` by a SyncBatchNorm2d holding the same parameters and
+    buffers (in place; returns the module)."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                  child.track_running_stats, device=child.running_mean.device
+                                  if child.running_mean is not None else None)
+            new.load_state_dict(child.state_dict())
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            convert_sync_batchnorm(child)
+    return module
