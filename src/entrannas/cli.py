@@ -82,6 +82,9 @@ def cmd_search(args) -> int:
             result = run_search_seeds(cfg, args.seeds, args.out, quiet=args.quiet, preset=preset)
         else:
             result = run_search(cfg, args.out, quiet=args.quiet, preset=preset)
+    from .distributed import is_main
+    if not is_main():  # under torchrun, one summary (from rank 0) is enough
+        return 0
     print(f"genotype: {result.run_dir / 'genotype.json'}")
     if result.metrics:
         print(f"super-net validation accuracy: {result.val_acc:.2f}%")

@@ -77,6 +77,9 @@ def cmd_train(args) -> int:
                               "fmnist-eval; see `entrannas presets`) or --resume RUN_DIR")
         cfg = load_config(args.config, args.overrides, kind="train")
         result = run_training(cfg, args.genotype, args.out, quiet=args.quiet, preset=Path(args.config).stem)
+    from .distributed import is_main
+    if not is_main():  # under torchrun, one summary (from rank 0) is enough
+        return 0
     s = result.summary
     print(f"test accuracy: {s['test_acc']:.2f}% (best {s['best_test_acc']:.2f}%) on "
           f"{s['test_images']} test images after {s['epochs']} epochs")
