@@ -14,7 +14,7 @@ EXIT_INTERRUPTED = 130
 
 
 def _add_config_args(p: argparse.ArgumentParser, kind: str) -> None:
-    p.add_argument("--config", "-c", help=f"a preset name (see `entrannas presets`) or a YAML file")
+    p.add_argument("--config", "-c", help="a preset name (see `entrannas presets`) or a YAML file")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
     p.add_argument("--out", "-o", help="the run folder (default: runs/<preset>-s<seed>-<time>)")

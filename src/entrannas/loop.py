@@ -21,9 +21,9 @@ from .data import (Augment, BatchLoader, DataError, derive_seed, imagenet_loader
 from .data.augment import normalize
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from . import distributed as ddp
-from .rundir import NullRunFolder, RunError, RunFolder
+from .rundir import NullRunFolder, RunError, RunFolder, format_eta
 
-__all__ = ["Interrupted", "StopFlag", "Loaders", "build_loaders", "evaluate", "make_run_folder", "open_run_folder",
+__all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "evaluate", "make_run_folder", "open_run_folder",
            "peak_memory_gib", "progress", "resolve_device", "seed_everything"]
 
 
@@ -255,3 +255,42 @@ def make_run_folder(cfg, run_dir, default_name: str, quiet: bool) -> RunFolder:
         raise RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or "
                        f"choose another folder with --out")
     return open_run_folder(run_dir, cfg.run.tensorboard, quiet)
+
+
+class StepAccounting:
+    """What the search and the training loop do after every step: add the (global) loss,
+    correct predictions and images to the epoch's running sums, log a line with the ETA, and
+    honour a stop request or a mid-epoch checkpoint. Subclasses hold `cfg`, `run`, `timer`,
+    `elapsed`, `step`, `partial` and a `checkpoint()` method."""
+
+    def account_step(self, loss, logits, y, stop: StopFlag, epoch: int, steps: int, total: int,
+                     done0: int, bar, extra: str) -> None:
+        # Global sums: every rank gets the same, so a non-finite loss or a stop request on
+        # any rank stops all of them at the same step.
+        loss_sum, correct, count, stopping = ddp.allreduce_sum(
+            [float(loss) * y.numel(), float((logits.argmax(1) == y).sum()), y.numel(),
+             float(stop.requested)])
+        if not math.isfinite(loss_sum):
+            bar.close()
+            raise FloatingPointError(
+                f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step "
+                f"{self.step + 1}: lower the learning rate; the last good checkpoint is kept")
+        self.partial[0] += loss_sum
+        self.partial[1] += correct
+        self.partial[2] += int(count)
+        self.step += 1
+        b, cfg = self.step, self.cfg
+        bar.update(1)
+        done = epoch * steps + b
+        if b % cfg.run.log_every == 0 or b == steps:
+            rate = (done - done0) / max(self.timer.elapsed - self.elapsed, 1e-9)
+            self.run.log.info(f"epoch {epoch + 1}/{cfg.optim.epochs} step {b}/{steps} "
+                              f"loss {self.partial[0] / self.partial[2]:.4f} "
+                              f"acc {100 * self.partial[1] / self.partial[2]:.2f}% {extra} "
+                              f"eta {format_eta((total - done) / max(rate, 1e-9))}")
+        if stopping:
+            self.checkpoint()
+            bar.close()
+            raise Interrupted(self.run.path)
+        if cfg.run.checkpoint_every and b % cfg.run.checkpoint_every == 0 and b < steps:
+            self.checkpoint()

@@ -10,7 +10,6 @@ follows a cosine per epoch and the temperature anneals per epoch (eq. 5).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import SearchConfig, from_dict, to_dict
-from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
+from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
 from .supernet import CELL_TYPES, SuperNet
@@ -98,7 +97,7 @@ class SearchResult:
         return self.metrics[-1]["val_acc"] if self.metrics else float("nan")
 
 
-class _Search:
+class _Search(StepAccounting):
     """State of one search run; `run()` drives epochs until done, or until a stop request."""
 
     def __init__(self, cfg: SearchConfig, run: RunFolder, state: dict | None = None):
@@ -138,7 +137,7 @@ class _Search:
             "a_opt": self.a_opt.state_dict(), "genotype": self.net.genotype().to_dict()})
 
     def run_epochs(self, stop: StopFlag) -> None:
-        cfg, net, log = self.cfg, self.net, self.run.log
+        cfg, net = self.cfg, self.net
         self.timer = Timer(self.elapsed)
         steps = len(self.data.train)
         total = cfg.optim.epochs * steps
@@ -157,34 +156,8 @@ class _Search:
             net.train()
             for (xt, yt), val_batch in zip(self.data.train, self.data.arch):
                 loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
-                # Global sums (every rank gets the same, so a non-finite loss stops all ranks).
-                # A stop request on any rank stops all of them at the same step.
-                loss_sum, correct, count, stopping = ddp.allreduce_sum(
-                    [float(loss) * yt.numel(), float((logits.argmax(1) == yt).sum()), yt.numel(),
-                     float(stop.requested)])
-                if not math.isfinite(loss_sum):
-                    raise FloatingPointError(
-                        f"the training loss became {loss_sum / count} at epoch {e}, step {self.step + 1}: "
-                        f"lower optim.lr or optim.arch_lr; the last good checkpoint is kept")
-                self.partial[0] += loss_sum
-                self.partial[1] += correct
-                self.partial[2] += int(count)
-                self.step += 1
-                b = self.step
-                bar.update(1)
-                done = e * steps + b
-                if b % cfg.run.log_every == 0 or b == steps:
-                    rate = (done - done0) / max(self.timer.elapsed - self.elapsed, 1e-9)
-                    log.info(f"epoch {e + 1}/{cfg.optim.epochs} step {b}/{steps} "
-                             f"loss {self.partial[0] / self.partial[2]:.4f} "
-                             f"acc {100 * self.partial[1] / self.partial[2]:.2f}% "
-                             f"tau {net.tau:.3f} eta {format_eta((total - done) / max(rate, 1e-9))}")
-                if stopping:
-                    self.checkpoint()
-                    bar.close()
-                    raise Interrupted(self.run.path)
-                if cfg.run.checkpoint_every and b % cfg.run.checkpoint_every == 0 and b < steps:
-                    self.checkpoint()
+                self.account_step(loss, logits, yt, stop, e, steps, total, done0, bar,
+                                  f"tau {net.tau:.3f}")
             self.end_epoch(e, lr)
         bar.close()
 

@@ -7,7 +7,6 @@ paper's settings. Each switch can also be set by keyword.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn as nn

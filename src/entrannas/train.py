@@ -26,7 +26,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, from_dict, to_dict
 from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
-from .loop import (Interrupted, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
+from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .measure import count_macs, count_params
 from .rundir import RunFolder, Timer, format_eta
@@ -115,7 +115,7 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-class _Training:
+class _Training(StepAccounting):
     """State of one training run; `run_epochs()` trains until done or until a stop request."""
 
     def __init__(self, cfg: TrainConfig, genotype: Genotype, run: RunFolder, state: dict | None = None):
@@ -151,7 +151,7 @@ class _Training:
             "net": self.net.state_dict(), "opt": self.opt.state_dict()})
 
     def run_epochs(self, stop: StopFlag) -> None:
-        cfg, net, log, o = self.cfg, self.net, self.run.log, self.cfg.optim
+        cfg, net, o = self.cfg, self.net, self.cfg.optim
         self.timer = Timer(self.elapsed)
         steps = len(self.data.train)
         total = o.epochs * steps
@@ -173,29 +173,7 @@ class _Training:
                 except FloatingPointError as err:
                     bar.close()
                     raise FloatingPointError(f"epoch {e + 1}, step {self.step + 1}: {err}") from None
-                # Global sums; a stop request on any rank stops all of them at the same step.
-                loss_sum, correct, count, stopping = ddp.allreduce_sum(
-                    [float(loss) * y.numel(), float((logits.argmax(1) == y).sum()), y.numel(),
-                     float(stop.requested)])
-                self.partial[0] += loss_sum
-                self.partial[1] += correct
-                self.partial[2] += int(count)
-                self.step += 1
-                b = self.step
-                bar.update(1)
-                done = e * steps + b
-                if b % cfg.run.log_every == 0 or b == steps:
-                    rate = (done - done0) / max(self.timer.elapsed - self.elapsed, 1e-9)
-                    log.info(f"epoch {e + 1}/{o.epochs} step {b}/{steps} "
-                             f"loss {self.partial[0] / self.partial[2]:.4f} "
-                             f"acc {100 * self.partial[1] / self.partial[2]:.2f}% lr {lr:.4g} "
-                             f"eta {format_eta((total - done) / max(rate, 1e-9))}")
-                if stopping:
-                    self.checkpoint()
-                    bar.close()
-                    raise Interrupted(self.run.path)
-                if cfg.run.checkpoint_every and b % cfg.run.checkpoint_every == 0 and b < steps:
-                    self.checkpoint()
+                self.account_step(loss, logits, y, stop, e, steps, total, done0, bar, f"lr {lr:.4g}")
             self.end_epoch(e, lr)
         bar.close()
 
