@@ -1,22 +1,15 @@
 """Bad input gets one clear line on stderr and exit code 2, never a traceback."""
-import json
+from helpers import fails_with_one_line as _fails
 
 import pytest
 
 from entrannas.cli import main
-from entrannas.config import ConfigError, load_config, presets
+from entrannas.config import load_config, presets
 
 SEARCH_PRESETS = {"cifar10-entrannas", "cifar10-entrannas-extended", "cifar10-dst", "cifar10-darts",
                   "imagenet-entrannas", "imagenet-dst", "fmnist-quick"}
 
 
-def _fails(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def test_every_paper_search_setting_has_a_preset():

@@ -1,4 +1,5 @@
 """`entrannas train / profile / child`: presets, output, and bad input as one line with exit 2."""
+from helpers import fails_with_one_line as _fails
 import json
 
 import pytest
@@ -11,13 +12,6 @@ TINY = ["data.dataset=fashion-mnist", "data.limit=64", "data.eval_limit=64", "mo
         "optim.batch_size=32", "optim.epochs=1", "run.tensorboard=false", "run.plots=false"]
 
 
-def _fails(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 def test_every_paper_training_setting_has_a_preset():

@@ -11,13 +11,7 @@ from entrannas.layers import drop_path
 from entrannas.ops import DilConv, SepConv
 
 # DST-style cell: node 2 has two ops on one edge (input 0), node 3 three inputs.
-DST_NODES = (
-    (("sep_conv_3x3", 0), ("dil_conv_3x3", 0)),
-    (("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 2)),
-    (("avg_pool_3x3", 3),),
-    (("sep_conv_5x5", 4), ("skip_connect", 2)),
-)
-DST = Genotype(CellGenotype(DST_NODES), CellGenotype(DST_NODES))
+from helpers import DST
 
 
 def _pairs(cell_genotype):

@@ -6,13 +6,7 @@ from entrannas.evalnet import build_target_net
 from entrannas.genotype import CellGenotype, Genotype
 from entrannas.measure import count_macs, count_params, count_params_m, profile_genotype
 
-DST_NODES = (
-    (("sep_conv_3x3", 0), ("dil_conv_3x3", 0)),
-    (("sep_conv_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 2)),
-    (("avg_pool_3x3", 3),),
-    (("sep_conv_5x5", 4), ("skip_connect", 2)),
-)
-DST = Genotype(CellGenotype(DST_NODES), CellGenotype(DST_NODES))
+from helpers import DST, DST_NODES  # noqa: E402
 # the same cells without the second op on edge (0, 2)
 DST_LESS = Genotype(CellGenotype(((DST_NODES[0][0],),) + DST_NODES[1:]),
                     CellGenotype(((DST_NODES[0][0],),) + DST_NODES[1:]))

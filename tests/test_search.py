@@ -1,6 +1,5 @@
 """The search you can run: determinism, kill-and-resume, the run folder, best of N seeds."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -15,7 +15,7 @@ import torch
 
 from .fsutil import atomic_write_bytes, atomic_write_text
 
-__all__ = ["CheckpointError", "atomic_write_bytes", "atomic_write_text", "save_checkpoint",
+__all__ = ["CheckpointError", "load_run_checkpoint", "atomic_write_bytes", "atomic_write_text", "save_checkpoint",
            "load_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "entrannas-checkpoint/1"
@@ -54,4 +54,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path} is not an entrannas checkpoint "
                               f"(expected format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def load_run_checkpoint(run_dir: str | os.PathLike, kind: str) -> dict:
+    """RUN/checkpoint.pt of a `search` or `train` run, refused with a hint if it is the other kind."""
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    if state.get("kind") != kind:
+        other = "search" if kind == "train" else "train"
+        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a {kind} run: "
+                              f"use `entrannas {other} --resume {run_dir}`")
     return state

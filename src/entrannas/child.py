@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import load_run_checkpoint
 from .config import _merge, from_dict
 from .fsutil import atomic_write_text
 from .loop import build_loaders, evaluate, resolve_device, seed_everything
@@ -41,10 +41,7 @@ def child_accuracy(run_dir: str | Path, limit: int | None = None, device: str | 
     of each (slow: the counter dispatches every op in Python). Writes RUN/child.json unless
     `write=False`."""
     run_dir = Path(run_dir)
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    if state.get("kind") != "search":
-        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a search: "
-                              f"child-net accuracy needs a search run folder")
+    state = load_run_checkpoint(run_dir, "search")
     cfg = from_dict(state["config"], "search")
     if limit is not None:
         _merge(cfg, {"data": {"eval_limit": int(limit)}}, "")

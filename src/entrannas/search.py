@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_run_checkpoint, save_checkpoint
 from .config import SearchConfig, from_dict, to_dict
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
@@ -201,11 +201,7 @@ def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
     """Continue a stopped search from its last checkpoint; the run's own config is used.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    if state.get("kind") != "search":
-        from .checkpoint import CheckpointError
-        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a search: "
-                              f"use `entrannas train --resume {run_dir}`")
+    state = load_run_checkpoint(run_dir, "search")
     cfg = from_dict(state["config"], "search")
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
     run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")

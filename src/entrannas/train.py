@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as ddp
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import load_run_checkpoint, save_checkpoint
 from .config import TrainConfig, from_dict, to_dict
 from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
@@ -217,10 +217,7 @@ def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
     """Continue a stopped training run from its last checkpoint, with its own config and genotype.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    if state.get("kind") != "train":
-        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a training run: "
-                              f"use `entrannas search --resume {run_dir}`")
+    state = load_run_checkpoint(run_dir, "train")
     cfg = from_dict(state["config"], "train")
     genotype = Genotype.from_dict(state["genotype"])
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
