@@ -47,9 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_later_commands(sub) -> None:
-    """train, profile and child live in cli_train.py (the target-net side)."""
-    from . import cli_train
+    """train, profile and child live in cli_train.py (the target-net side); experiment and
+    animate in cli_experiment.py."""
+    from . import cli_experiment, cli_train
     cli_train.add_commands(sub, _add_config_args)
+    cli_experiment.add_commands(sub)
 
 
 def _version() -> str:

@@ -20,7 +20,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 from .fsutil import atomic_path
 from .genotype import CellGenotype, Genotype, GenotypeError
 
-__all__ = ["plot_cell", "plot_genotype", "OP_COLORS"]
+__all__ = ["plot_cell", "plot_genotype", "genotype_figure", "save_figure", "OP_COLORS"]
 
 # One colour per op, shared by all pictures so cells can be compared at a glance.
 OP_COLORS = {
@@ -209,7 +209,7 @@ def _extent(cell: CellGenotype) -> tuple[float, float]:
     return (len(cell.nodes) + 1) * _COL + 1.6, 2 * _H + 1.6
 
 
-def _save(fig: Figure, path) -> str:
+def save_figure(fig: Figure, path) -> str:
     """Render to a temp file with the same extension (it picks the format), then rename."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -232,11 +232,11 @@ def plot_cell(cell: CellGenotype, path_or_ax, title: str | None = None, reductio
     w, h = _extent(cell)
     fig = Figure(figsize=(w * _SCALE, h * _SCALE))
     _draw(fig.add_subplot(1, 1, 1), cell, title, reduction)
-    return _save(fig, path_or_ax)
+    return save_figure(fig, path_or_ax)
 
 
-def plot_genotype(genotype: Genotype, path, title: str | None = None) -> str:
-    """Normal and reduction cells side by side in one figure (format from the extension)."""
+def genotype_figure(genotype: Genotype, title: str | None = None) -> Figure:
+    """Normal and reduction cells side by side in one (unsaved) figure."""
     if not isinstance(genotype, Genotype):
         raise GenotypeError(f"plot_genotype needs a Genotype, got {type(genotype).__name__}")
     (wn, hn), (wr, hr) = _extent(genotype.normal), _extent(genotype.reduce)
@@ -247,4 +247,9 @@ def plot_genotype(genotype: Genotype, path, title: str | None = None) -> str:
     _draw(axes[1], genotype.reduce, None, True)
     if title:
         fig.suptitle(title, fontsize=13)
-    return _save(fig, path)
+    return fig
+
+
+def plot_genotype(genotype: Genotype, path, title: str | None = None) -> str:
+    """Normal and reduction cells side by side in one picture (format from the extension)."""
+    return save_figure(genotype_figure(genotype, title), path)

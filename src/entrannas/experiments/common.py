@@ -1,0 +1,262 @@
+"""What every experiment shares: its settings per scale, sub-runs that resume, tables out.
+
+An experiment is a set of sub-runs (searches, trainings) under OUT/runs/<name>/ and a summary
+(OUT/table.md, OUT/results.json, OUT/*.png). Sub-runs are ordinary run folders: running the
+experiment again skips the finished ones and resumes an interrupted one from its checkpoint,
+so a crash or Ctrl-C never costs finished work. `jobs > 1` runs independent sub-runs in
+separate processes (each with its share of the CPU threads, or on the same GPU).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import contextlib
+import signal
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from importlib import resources
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, from_dict, load_config, to_dict
+from ..fsutil import atomic_write_text
+from ..rundir import format_eta
+
+SCALES = ("cpu", "paper")
+
+
+def settings(name: str, scale: str) -> dict:
+    """The experiment's settings at one scale, from configs/experiments/<name>.yaml."""
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    text = resources.files("entrannas.configs").joinpath("experiments", f"{name}.yaml").read_text("utf-8")
+    return yaml.safe_load(text)[scale]
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cpu_cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "os": platform.platform(terse=True)}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+@dataclass
+class Job:
+    """One sub-run: a search (optionally followed by its child-net evaluation) or a training."""
+    kind: str  # "search" or "train"
+    label: str
+    config: dict
+    run_dir: Path
+    genotype: dict | None = None  # train: what to train
+    child: bool = False  # search: also measure super-net versus child-net accuracy
+    extra: dict = field(default_factory=dict)  # carried into the result for the table
+
+
+@dataclass
+class Context:
+    name: str
+    scale: str
+    out: Path
+    jobs: int = 1
+    quiet: bool = False
+    overrides: list[str] = field(default_factory=list)  # applied to every sub-run's config
+    options: dict = field(default_factory=dict)  # experiment-specific command-line values
+    started: float = field(default_factory=time.time)
+
+    @property
+    def settings(self) -> dict:
+        return settings(self.name, self.scale)
+
+    def config(self, spec: dict, extra: list[str] = (), kind: str = "search"):
+        """A sub-run config: a preset, the spec's `set` list, then `extra`, then the user's
+        overrides (data paths, device, ...), which always win."""
+        cfg = load_config(spec["preset"], [*spec.get("set", []), *extra, *self.overrides], kind=kind)
+        cfg.run.tensorboard = False  # the experiment's summary is what users read
+        return cfg
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{self.name}] {msg}", flush=True)
+
+
+def _threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(jobs, 1))
+
+
+def _run_job(job: Job, threads: int | None, quiet: bool) -> dict:
+    """Run or resume one sub-run and return what the tables need. Top-level so that worker
+    processes can import it."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    run_dir = Path(job.run_dir)
+    fresh = not (run_dir / "checkpoint.pt").exists()
+    if fresh and run_dir.exists():
+        # A folder without a checkpoint holds less than one epoch: nothing finished is lost.
+        shutil.rmtree(run_dir)
+    if not fresh:
+        _check_same_config(job, run_dir)
+    if job.kind == "search":
+        from ..search import resume_search, run_search
+        cfg = from_dict(job.config, "search")
+        r = run_search(cfg, run_dir, quiet=quiet) if fresh else resume_search(run_dir, quiet=quiet)
+        out = {"val_acc": r.val_acc, "genotype": r.genotype.to_dict(),
+               "search_wall_time": r.metrics[-1]["wall_time"] if r.metrics else 0.0,
+               "epochs": [{k: m[k] for k in ("epoch", "val_acc", "tau", "cells") if k in m}
+                          for m in r.metrics]}
+        if job.child:
+            from ..child import child_accuracy
+            c = child_accuracy(run_dir)
+            out.update(supernet_acc=c["supernet_acc"], child_acc=c["child_acc"], gap=c["gap"])
+    else:
+        from ..train import resume_training, run_training
+        from ..genotype import Genotype
+        cfg = from_dict(job.config, "train")
+        r = (run_training(cfg, Genotype.from_dict(job.genotype), run_dir, quiet=quiet) if fresh
+             else resume_training(run_dir, quiet=quiet))
+        out = {k: r.summary[k] for k in ("test_acc", "best_test_acc", "params_M", "macs_M", "wall_time")}
+    out.update(label=job.label, run_dir=str(run_dir), resumed=not fresh,
+               seconds_this_call=time.time() - t0, **job.extra)
+    return out
+
+
+def _check_same_config(job: Job, run_dir: Path) -> None:
+    """Reuse a sub-run only if it was started with this very config: a changed setting or
+    --set must not be answered with a stale result."""
+    try:
+        before = yaml.safe_load((run_dir / "config.yaml").read_text("utf-8"))
+    except (OSError, yaml.YAMLError):
+        before = None
+    if before != job.config:
+        diff = sorted(f"{sec}.{k}" for sec in job.config if isinstance(job.config[sec], dict)
+                      for k in job.config[sec]
+                      if not isinstance(before, dict) or (before.get(sec) or {}).get(k) != job.config[sec][k])
+        raise ConfigError(f"{run_dir} holds a run with another config (differs in "
+                          f"{', '.join(diff[:4]) or 'its layout'}): choose another --out, or "
+                          f"delete that folder to redo it")
+
+
+@contextlib.contextmanager
+def _forward_stop_to(pool: ProcessPoolExecutor):
+    """Ctrl-C or SIGTERM on the experiment reaches every worker: each checkpoints its sub-run
+    and stops (the search/training loops handle both), instead of running on orphaned."""
+    def forward(signum, frame):
+        for p in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGTERM)
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def run_jobs(ctx: Context, jobs: list[Job]) -> list[dict]:
+    """Run the sub-runs (in parallel processes when ctx.jobs > 1); results in job order."""
+    if not jobs:
+        return []
+    results: list[dict | None] = [None] * len(jobs)
+    t0, done = time.time(), 0
+
+    def report(i: int, r: dict) -> None:
+        nonlocal done
+        done += 1
+        rate = (time.time() - t0) / done
+        acc = next((f"{k} {r[k]:.2f}%" for k in ("child_acc", "val_acc", "test_acc") if k in r), "")
+        # The child-net accuracy alone would hide the super-net's: show both for searches.
+        if "child_acc" in r:
+            acc = f"super-net {r['supernet_acc']:.2f}% child-net {r['child_acc']:.2f}%"
+        ctx.log(f"{done}/{len(jobs)} {jobs[i].label}: {acc} ({format_eta(r['seconds_this_call'])}); "
+                f"eta {format_eta(rate * (len(jobs) - done) / max(1, min(ctx.jobs, len(jobs) - done or 1)))}")
+
+    if ctx.jobs <= 1:
+        for i, job in enumerate(jobs):
+            ctx.log(f"{job.label} -> {job.run_dir}")
+            results[i] = _run_job(job, None, ctx.quiet)
+            report(i, results[i])
+    else:
+        threads = _threads_per_job(ctx.jobs)
+        # spawn: a fresh interpreter per worker (fork after torch has started threads can hang).
+        with ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=get_context("spawn")) as pool, \
+                _forward_stop_to(pool):
+            futures = {pool.submit(_run_job, job, threads, True): i for i, job in enumerate(jobs)}
+            ctx.log(f"{len(jobs)} sub-runs in {ctx.jobs} processes x {threads} thread(s); logs in "
+                    f"each run folder's log.txt")
+            for f in as_completed(futures):
+                i = futures[f]
+                try:
+                    results[i] = f.result()
+                except BaseException:
+                    for other in futures:  # nothing new starts; running sub-runs checkpoint
+                        other.cancel()
+                    raise
+                report(i, results[i])
+    return results  # type: ignore[return-value]
+
+
+def search_job(ctx: Context, label: str, spec: dict, run_name: str, extra_set: list[str] = (),
+               child: bool = False, **extra) -> Job:
+    cfg = ctx.config(spec, extra_set, "search")
+    return Job("search", label, to_dict(cfg), ctx.out / "runs" / run_name, child=child, extra=extra)
+
+
+def train_job(ctx: Context, label: str, spec: dict, run_name: str, genotype: dict,
+              extra_set: list[str] = (), **extra) -> Job:
+    cfg = ctx.config(spec, extra_set, "train")
+    return Job("train", label, to_dict(cfg), ctx.out / "runs" / run_name, genotype=genotype, extra=extra)
+
+
+def fmt(v: Any, digits: int = 2) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def markdown_table(columns: list[tuple[str, str]], rows: list[dict], digits: int = 2) -> str:
+    """columns: (key, header) pairs."""
+    head = "| " + " | ".join(h for _, h in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(k, ""), digits) for k, _ in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+def write_summary(ctx: Context, title: str, sections: list[str], data: dict, note: str = "") -> Path:
+    """OUT/table.md (the tables, the command, the machine, the wall time) and OUT/results.json."""
+    wall = time.time() - ctx.started
+    command = "entrannas " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("entrannas", "__main__.py") \
+        else f"entrannas experiment {ctx.name} --scale {ctx.scale}"
+    info = machine()
+    proxy = ("CPU-scale proxy on Fashion-MNIST: not the paper's CIFAR-10/ImageNet setting; compare "
+             "directions, not values." if ctx.scale == "cpu" else "Paper-scale settings.")
+    md = [f"# {title}", "", f"Scale: `{ctx.scale}`. {proxy}", "", *sections, ""]
+    if note:
+        md += [note, ""]
+    md += [f"Command: `{command}`  ", f"Machine: {info['cpu']} ({info['cpu_cores']} cores)"
+           + (f", {info['gpu']}" if "gpu" in info else "") + f", torch {info['torch']}  ",
+           f"Wall time of this invocation: {format_eta(wall)} (sub-runs finished earlier are "
+           f"reused, see results.json)", ""]
+    atomic_write_text(ctx.out / "table.md", "\n".join(md))
+    payload = {"experiment": ctx.name, "scale": ctx.scale, "command": command, "machine": info,
+               "wall_time_s": wall, "overrides": ctx.overrides, "options": ctx.options, **data}
+    atomic_write_text(ctx.out / "results.json", json.dumps(payload, indent=1, default=str) + "\n")
+    ctx.log(f"table: {ctx.out / 'table.md'}")
+    return ctx.out / "table.md"

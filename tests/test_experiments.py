@@ -1,0 +1,104 @@
+"""The paper's measurements, one command each: tiny versions of every experiment run end to
+end here, and their tables must say what their sub-runs measured."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from scipy.stats import kendalltau
+
+from entrannas.animate import connection_series, epoch_genotypes
+from entrannas.experiments import run_experiment
+from entrannas.experiments.efficiency import largest_batch, measure
+from entrannas.measure import cell_stats
+from helpers import fails_with_one_line
+
+# Shrinks every sub-run of an experiment to seconds (applied after the experiment's settings).
+TINY = ["data.limit=64", "data.eval_limit=64", "model.C=4", "model.layers=3",
+        "optim.batch_size=32", "optim.epochs=2", "run.plots=false"]
+
+
+def test_kendall_matches_scipy_on_its_pairs_and_reuses_finished_runs(tmp_path):
+    out = tmp_path / "kendall"
+    res = run_experiment("kendall", "cpu", out, overrides=TINY, quiet=True, seeds=3,
+                         methods=["entrannas", "dst"])
+    assert [r["method"] for r in res["rows"]] == ["EnTranNAS", "EnTranNAS-DST"]
+    for row in res["rows"]:
+        ps = [p for p in res["pairs"] if p["method"] == row["method"]]
+        assert sorted(p["seed"] for p in ps) == [0, 1, 2]
+        tau = kendalltau([p["supernet_acc"] for p in ps], [p["retrained_acc"] for p in ps])[0]
+        assert (math.isnan(tau) and math.isnan(row["kendall_tau"])) or row["kendall_tau"] == pytest.approx(tau)
+    # Every pair is what its sub-runs wrote: the search's last val acc, the retraining's test acc.
+    p = res["pairs"][0]
+    search = [json.loads(l) for l in (out / "runs/entrannas-s0/metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "runs/retrain-entrannas-s0/summary.json").read_text())
+    assert p["supernet_acc"] == search[-1]["val_acc"] and p["retrained_acc"] == summary["test_acc"]
+    # The retraining trains the genotype that search found.
+    found = json.loads((out / "runs/entrannas-s0/genotype.json").read_text())
+    trained = json.loads((out / "runs/retrain-entrannas-s0/genotype.json").read_text())
+    assert found["normal"] == trained["normal"] and found["reduce"] == trained["reduce"]
+    assert (out / "kendall.png").stat().st_size > 0 and "Kendall" in (out / "table.md").read_text()
+    # Running again finishes nothing twice: every sub-run is reused, the numbers are the same.
+    again = run_experiment("kendall", "cpu", out, overrides=TINY, quiet=True, seeds=3,
+                           methods=["entrannas", "dst"])
+    assert again["pairs"] == [{**p} for p in res["pairs"]]
+    lines = (out / "runs/entrannas-s0/metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(search)
+
+
+def test_consistency_runs_each_engine_setting_and_reports_its_child_net(tmp_path):
+    out = tmp_path / "consistency"
+    res = run_experiment("consistency", "cpu", out, overrides=TINY, quiet=True, jobs=2)
+    assert [r["engine_cells"] for r in res["rows"]] == ["all", "half", "last", "first"]
+    child = {r["engine_cells"]: json.loads((out / f"runs/engine-{r['engine_cells']}/child.json").read_text())
+             for r in res["rows"]}
+    for r in res["rows"]:
+        c = child[r["engine_cells"]]
+        assert r["child_acc"] == c["child_acc"] and r["drop"] == pytest.approx(c["supernet_acc"] - c["child_acc"])
+    # 3 cells: all = 0,1,2; first = the first normal and the first reduction cell.
+    assert child["all"]["engine_cells"] == [0, 1, 2] and len(child["first"]["engine_cells"]) < 3
+    assert (out / "consistency.png").exists() and (out / "results.json").exists()
+
+
+def test_flexibility_and_animation_show_every_epoch_of_a_dst_search(tmp_path):
+    out = tmp_path / "flex"
+    res = run_experiment("flexibility", "cpu", out, overrides=TINY, quiet=True)
+    assert [r["dst_lambda"] for r in res["rows"]] == [0.2, 0.1, 0.05]
+    for r in res["rows"]:
+        from entrannas.genotype import Genotype
+        g = Genotype.from_dict(r["genotype"])
+        assert (r["edges_normal"], r["edges_reduce"]) == (cell_stats(g.normal)["edges"], cell_stats(g.reduce)["edges"])
+        assert r["imagenet_params_M"] > 0 and r["cifar_macs_M"] > 0
+        gif = Image.open(out / f"cells-lambda-{r['dst_lambda']}.gif")
+        assert gif.n_frames == 2  # one frame per epoch
+    run_dir = out / "runs/lambda-0.1"
+    anim = run_experiment("animation", "cpu", tmp_path / "anim", quiet=True, run=str(run_dir))
+    series = connection_series(run_dir)
+    assert [(r["epoch"], r["normal"], r["reduce"]) for r in anim["rows"]] == series
+    assert [e for e, _ in epoch_genotypes(run_dir)] == [1, 2]
+    assert Image.open(tmp_path / "anim/cells.gif").n_frames == 2
+
+
+def test_largest_batch_follows_the_memory_line():
+    small = {"batch": 16, "mem_gib": 1.0}
+    big = {"batch": 64, "mem_gib": 2.5}  # 1/32 GiB per image on top of 0.5 GiB
+    assert largest_batch(small, big, 4.0) == 112
+    assert largest_batch(small, big, 2.5) == 64
+
+
+def test_efficiency_measures_less_memory_and_time_with_entrannas():
+    s = {"steps": 1, "C": 8, "layers": 5, "input": [1, 28, 28]}
+    darts = measure("darts", 32, s, "cpu", None)
+    ours = measure("bottleneck", 32, s, "cpu", None)
+    assert darts["mem_gib"] > 2 * ours["mem_gib"] > 0
+    assert darts["s_per_step"] > ours["s_per_step"] > 0
+
+
+def test_bad_experiment_input_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    fails_with_one_line(capsys, ["experiment", "kendall", "--out", str(blocker / "out")],
+                        "cannot write to the output folder")
+    fails_with_one_line(capsys, ["animate", str(tmp_path), "-o", str(tmp_path / "a.gif")],
+                        "genotypes/epoch_")
