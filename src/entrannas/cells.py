@@ -108,7 +108,9 @@ class SearchCell(nn.Module):
                 ks, stacked = features[u]
                 # One contraction over the stacked ops instead of a chain of scalar
                 # multiply-adds; ops of the unit inactive on this edge get coefficient 0.
-                term = torch.tensordot(coeff[e].index_select(0, ks), stacked, dims=1)
+                # (Under bf16 autocast the op outputs are bfloat16; tensordot is not an
+                # autocast op, so the coefficients follow the features' dtype.)
+                term = torch.tensordot(coeff[e].index_select(0, ks).to(stacked.dtype), stacked, dims=1)
                 acc = term if acc is None else acc + term
             self._finish(states, squeezed, acc, j)
         return torch.cat(states[2:], dim=1)

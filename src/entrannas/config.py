@@ -89,6 +89,10 @@ class RunConfig:
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: only at epoch ends)
     tensorboard: bool = True
     plots: bool = True
+    # GPU fast path (accel.py): auto = on for CUDA, off on a CPU (CPU results stay float32).
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False  # torch.compile the target network (training only)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .data import (Augment, BatchLoader, DataError, derive_seed, imagenet_loader
                    imagenet_search_subset, load_dataset, split_indices)
 from .data.augment import normalize
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from . import accel
 from . import distributed as ddp
 from .rundir import NullRunFolder, RunError, RunFolder, format_eta
 
@@ -159,7 +160,8 @@ def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:
         return _imagenet_loaders(cfg, train, test, device, search)
     info = train.info
     aug = Augment(padding=d.crop_pad, flip=d.flip, cutout=d.cutout, mean=info.mean, std=info.std)
-    common = dict(mean=info.mean, std=info.std, device=device)
+    fmt = torch.channels_last if accel.use_channels_last(cfg.run, device) else torch.contiguous_format
+    common = dict(mean=info.mean, std=info.std, device=device, memory_format=fmt)
     if search:
         w_idx, a_idx = split_indices(len(train), d.split, seed, d.limit)
         n = min(len(w_idx), len(a_idx))  # equal halves: one weight step per architecture step

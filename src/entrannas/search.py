@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, save_checkpoint
 from .config import SearchConfig, from_dict, to_dict
@@ -105,7 +106,7 @@ class _Search(StepAccounting):
         self.device = resolve_device(cfg.run.device)
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=True)
-        self.net = build_supernet(cfg, self.data.info).to(self.device)
+        self.net = accel.prepare(build_supernet(cfg, self.data.info).to(self.device), cfg.run, self.device)
         if ddp.active():
             ddp.convert_sync_batchnorm(self.net)  # statistics over the global batch
         o = cfg.optim
@@ -155,7 +156,8 @@ class _Search(StepAccounting):
             a_opt = self.a_opt if e >= cfg.optim.warmup_epochs else None
             net.train()
             for (xt, yt), val_batch in zip(self.data.train, self.data.arch):
-                loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
+                with accel.autocast(cfg.run, self.device):
+                    loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
                 self.account_step(loss, logits, yt, stop, e, steps, total, done0, bar,
                                   f"tau {net.tau:.3f}")
             self.end_epoch(e, lr)
@@ -163,7 +165,8 @@ class _Search(StepAccounting):
 
     def end_epoch(self, e: int, lr: float) -> None:
         net, run = self.net, self.run
-        val_loss, val_acc = evaluate(net, self.data.val, reduce=ddp.active())
+        with accel.autocast(self.cfg.run, self.device):
+            val_loss, val_acc = evaluate(net, self.data.val, reduce=ddp.active())
         genotype = net.genotype()
         loss_sum, correct, count = self.partial
         row = {"epoch": e, "lr": lr, "tau": net.tau,

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, save_checkpoint
 from .config import TrainConfig, from_dict, to_dict
@@ -123,7 +124,7 @@ class _Training(StepAccounting):
         self.device = resolve_device(cfg.run.device)
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=False)
-        self.net = build_net(cfg, genotype, self.data.info).to(self.device)
+        self.net = accel.prepare(build_net(cfg, genotype, self.data.info).to(self.device), cfg.run, self.device)
         if ddp.active():
             ddp.convert_sync_batchnorm(self.net)  # statistics over the global batch
         o = cfg.optim
@@ -140,6 +141,9 @@ class _Training(StepAccounting):
             _set_rng_state(state["rng"], self.device)
             run.keep_metrics_before(self.epoch)
         ddp.broadcast_params(self.net)
+        # What runs the batches: the net itself, or its torch.compile'd wrapper (run.compile);
+        # checkpoints always hold the plain net's weights.
+        self.forward = accel.compiled(self.net, cfg.run, self.device)
 
     def checkpoint(self) -> None:
         if not ddp.is_main():
@@ -169,7 +173,8 @@ class _Training(StepAccounting):
             net.train()
             for x, y in self.data.train:
                 try:
-                    loss, logits = train_step(net, self.opt, x, y, cfg)
+                    with accel.autocast(cfg.run, self.device):
+                        loss, logits = train_step(self.forward, self.opt, x, y, cfg)
                 except FloatingPointError as err:
                     bar.close()
                     raise FloatingPointError(f"epoch {e + 1}, step {self.step + 1}: {err}") from None
@@ -180,7 +185,8 @@ class _Training(StepAccounting):
     def end_epoch(self, e: int, lr: float) -> None:
         # Eval mode: no drop path and no auxiliary head, so evaluation draws no random numbers
         # and the generator state stays that of the training steps.
-        test_loss, test_acc = evaluate(self.net, self.data.val, reduce=ddp.active())
+        with accel.autocast(self.cfg.run, self.device):
+            test_loss, test_acc = evaluate(self.forward, self.data.val, reduce=ddp.active())
         loss_sum, correct, count = self.partial
         row = {"epoch": e, "lr": lr, "drop_path": self.net.drop_path_prob,
                "train_loss": loss_sum / max(count, 1), "train_acc": 100 * correct / max(count, 1),

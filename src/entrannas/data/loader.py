@@ -71,7 +71,8 @@ class BatchLoader:
                  shuffle: bool = True, augment: Callable | None = None, device=None,
                  drop_last: bool = False, seed: int = 0, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, normalize: bool | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1,
+                 memory_format: torch.memory_format = torch.contiguous_format):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         if not 0 <= rank < world_size:
@@ -88,6 +89,7 @@ class BatchLoader:
         self.augment, self.seed = augment, int(seed)
         self.mean, self.std, self.normalize = mean, std, normalize
         self.rank, self.world_size = int(rank), int(world_size)
+        self.memory_format = memory_format  # channels_last on a GPU (accel.py)
         self.epoch = 0
         self.batch = 0  # batches of the current epoch already handed out
 
@@ -145,6 +147,8 @@ class BatchLoader:
             auto = x_aug.dtype == torch.uint8 or self.augment is None
             if self.normalize or (self.normalize is None and auto):
                 x_aug = normalize(x_aug, self.mean, self.std)
+            if self.memory_format != torch.contiguous_format:
+                x_aug = x_aug.contiguous(memory_format=self.memory_format)
             self.batch = b + 1  # handed out: a checkpoint taken now resumes after it
             yield x_aug, y
         self.epoch, self.batch = epoch + 1, 0

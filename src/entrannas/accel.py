@@ -1,0 +1,63 @@
+"""The GPU fast path, in one place: bf16 autocast, channels_last, cudnn.benchmark and
+torch.compile of the target network.
+
+Every switch is `auto` by default, which means on for a CUDA device and off on a CPU: the CPU
+path (and its bit-exact results and resumes) is the plain float32 one. `run.precision=bf16`
+or `run.channels_last=true` force a switch on any device.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["use_bf16", "use_channels_last", "autocast", "prepare", "as_input", "compiled"]
+
+
+def _on(setting, device: torch.device) -> bool:
+    return device.type == "cuda" if setting in ("auto", None) else bool(setting)
+
+
+def use_bf16(run_cfg, device: torch.device) -> bool:
+    p = run_cfg.precision
+    return device.type == "cuda" if p == "auto" else p == "bf16"
+
+
+def use_channels_last(run_cfg, device: torch.device) -> bool:
+    return _on(run_cfg.channels_last, device)
+
+
+def autocast(run_cfg, device: torch.device):
+    """Forward passes in bfloat16 where it is safe (autocast keeps softmax, losses and
+    reductions in float32); weights, gradients and optimiser state stay float32."""
+    if not use_bf16(run_cfg, device):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def prepare(net: torch.nn.Module, run_cfg, device: torch.device) -> torch.nn.Module:
+    """Device-wide switches and the network's memory layout; returns the net."""
+    if device.type == "cuda":
+        # Fixed shapes every step: let cuDNN pick its fastest convolution algorithms once.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if use_channels_last(run_cfg, device):
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def as_input(x: torch.Tensor, run_cfg, device: torch.device) -> torch.Tensor:
+    """A batch in the layout the network was prepared for."""
+    if x.dim() == 4 and use_channels_last(run_cfg, device):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def compiled(net: torch.nn.Module, run_cfg, device: torch.device):
+    """torch.compile'd forward of a fixed network (the target net; the super-net changes its
+    Transit paths every step, so it is never compiled). Off by default: compiling takes a
+    minute and pays back only over long trainings on a GPU."""
+    if not run_cfg.compile:
+        return net
+    return torch.compile(net)

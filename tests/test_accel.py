@@ -1,0 +1,73 @@
+"""The GPU fast path (accel.py) is off on a CPU unless asked for: CPU results do not move."""
+import json
+
+import pytest
+import torch
+
+from entrannas import accel
+from entrannas.config import load_config
+from entrannas.loop import build_loaders
+from entrannas.search import run_search
+from entrannas.train import run_training
+
+TINY = ["data.limit=96", "data.eval_limit=64", "model.C=4", "model.layers=3", "optim.batch_size=32",
+        "optim.epochs=1", "run.tensorboard=false", "run.plots=false"]
+
+
+def _metrics(run_dir):
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("wall_time", "peak_mem_gib")} for r in rows]
+
+
+def test_auto_is_off_on_cpu_and_on_for_cuda():
+    run = load_config("fmnist-quick").run
+    assert run.precision == "auto" and run.channels_last == "auto" and run.compile is False
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not accel.use_bf16(run, cpu) and not accel.use_channels_last(run, cpu)
+    assert accel.use_bf16(run, cuda) and accel.use_channels_last(run, cuda)
+    forced = load_config("fmnist-quick", ["run.precision=bf16", "run.channels_last=true"]).run
+    assert accel.use_bf16(forced, cpu) and accel.use_channels_last(forced, cpu)
+
+
+def test_loader_hands_out_the_layout_asked_for():
+    for value, fmt in (("auto", torch.contiguous_format), ("true", torch.channels_last)):
+        cfg = load_config("fmnist-quick", TINY + [f"run.channels_last={value}"])
+        x, _ = next(iter(build_loaders(cfg, torch.device("cpu"), search=True).train))
+        assert x.is_contiguous(memory_format=fmt)
+
+
+def test_default_search_on_cpu_is_the_plain_float32_search(tmp_path):
+    auto = run_search(load_config("fmnist-quick", TINY), tmp_path / "auto", quiet=True)
+    plain = run_search(load_config("fmnist-quick", TINY + ["run.precision=fp32", "run.channels_last=false"]),
+                       tmp_path / "plain", quiet=True)
+    assert _metrics(auto.run_dir) == _metrics(plain.run_dir)
+    # bf16 autocast really runs the forward passes in bfloat16: the numbers move a little.
+    bf16 = run_search(load_config("fmnist-quick", TINY + ["run.precision=bf16", "run.channels_last=true"]),
+                      tmp_path / "bf16", quiet=True)
+    a, b = _metrics(plain.run_dir)[0], _metrics(bf16.run_dir)[0]
+    assert a["train_loss"] != b["train_loss"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
+
+
+def test_channels_last_training_matches_contiguous(tmp_path):
+    train = ["data.limit=64", "data.eval_limit=64", "model.C=4", "model.layers=3", "optim.batch_size=32",
+             "optim.epochs=1", "model.auxiliary=false", "run.tensorboard=false", "run.plots=false"]
+    a = run_training(load_config("fmnist-eval", train), "DARTS_V2", tmp_path / "a", quiet=True)
+    b = run_training(load_config("fmnist-eval", train + ["run.channels_last=true"]), "DARTS_V2",
+                     tmp_path / "b", quiet=True)
+    ma, mb = _metrics(a.run_dir)[0], _metrics(b.run_dir)[0]
+    assert ma["train_loss"] == pytest.approx(mb["train_loss"], rel=1e-4)
+    assert ma["test_loss"] == pytest.approx(mb["test_loss"], rel=1e-3)
+
+
+def test_search_epoch_benchmark_reports_the_paper_setting(capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "search_epoch.py"
+    spec = importlib.util.spec_from_file_location("search_epoch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (row,) = bench.main(["--steps", "1", "--warmup", "0", "--methods", "entrannas", "--batch", "16"])
+    # 25,000 weight images per epoch at batch 16; one step timed and extrapolated.
+    assert row["steps_per_epoch"] == 25000 // 16 and not row["epoch_measured"]
+    assert row["epoch_s"] == pytest.approx(row["s_per_step"] * row["steps_per_epoch"])
+    assert row["precision"] == "fp32" and row["peak_mem_gib"] > 0
