@@ -142,10 +142,11 @@ def _check_same_config(job: Job, run_dir: Path) -> None:
     """Reuse a sub-run only if it was started with this very config: a changed setting or
     --set must not be answered with a stale result."""
     try:
-        before = yaml.safe_load((run_dir / "config.yaml").read_text("utf-8"))
-    except (OSError, yaml.YAMLError):
+        # Through from_dict: a key added to the config since (with its default) is no change.
+        before = to_dict(from_dict(yaml.safe_load((run_dir / "config.yaml").read_text("utf-8")), job.kind))
+    except (OSError, yaml.YAMLError, ConfigError, TypeError, AttributeError):
         before = None
-    if before != job.config:
+    if before != to_dict(from_dict(job.config, job.kind)):
         diff = sorted(f"{sec}.{k}" for sec in job.config if isinstance(job.config[sec], dict)
                       for k in job.config[sec]
                       if not isinstance(before, dict) or (before.get(sec) or {}).get(k) != job.config[sec][k])
