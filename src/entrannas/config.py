@@ -7,6 +7,7 @@ overrides such as `optim.lr=0.1`. Every step validates names, types and ranges a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -179,6 +180,8 @@ def _read_yaml(path, label: str) -> dict:
         raise ConfigError(f"config {label}: cannot read it ({e.strerror or e})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config {label}: not a UTF-8 text file") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"config {label}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -282,6 +285,10 @@ def _coerce(value, hint, name: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} = {value!r} has the wrong type: expected a number")
+        # YAML reads .inf and .nan as floats; no setting means either, and an infinite
+        # learning rate would only fail once the run has started.
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{name} = {value!r} is not allowed: expected a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
