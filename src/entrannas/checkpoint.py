@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import numbers
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -73,11 +74,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except Exception as e:  # torch raises several types for truncated or foreign files
         # torch wraps weights_only failures in a long explanation: keep the line saying why.
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-        msg = next((l for l in lines if l.startswith("Unsupported")), lines[0] if lines else type(e).__name__)
-        # Only an unsupported global (a reference to code) means a pickled object was refused.
-        if msg.startswith(("Unsupported global", "Unsupported class")):
-            why = "it contains pickled Python objects that could run code, so it was refused"
+        refusal = next((l for l in lines if "unsupported global" in l.lower()
+                        or "unsupported class" in l.lower()), None)
+        # Only an unsupported global (a reference to code) means a pickled object was refused:
+        # "Unsupported global: GLOBAL builtins.exec ..." or, for a blocked module such as
+        # os, "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
+        if refusal is not None:
+            name = re.search(r"GLOBAL ([\w.]+)", refusal)
+            what = f" ({name.group(1)})" if name else ""
+            why = f"it contains pickled Python objects that could run code{what}, so it was refused"
         else:
+            msg = next((l for l in lines if l.startswith("Unsupported")), lines[0] if lines else type(e).__name__)
             why = f"it is corrupt or truncated ({msg[:160]})"
         raise _corrupt(path, why) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
