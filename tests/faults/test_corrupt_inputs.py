@@ -15,7 +15,7 @@ from entrannas.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from entrannas.cli import main
 from entrannas.config import load_config, to_dict
 
-from .conftest import _equal, snapshot
+from .conftest import _equal, cli, one_line, snapshot
 
 SEED = 1234
 COUNTS = {}   # corrupt inputs tried, by family (printed at the end of the module; see README)
@@ -199,16 +199,22 @@ def test_checkpoint_carrying_code_is_refused_and_not_run(capsys, tmp_path, searc
     argv = ["child", run] if kind == "child" else [kind, "--resume", run]
     tried = 0
     for payload in payloads(marker):
-        for build in (lambda: torch.save({**state, "genotype": payload}, ckpt),   # inside a real checkpoint
-                      lambda: torch.save({**state, "net": {"w": payload}}, ckpt),
-                      lambda: ckpt.write_bytes(pickle.dumps(payload))):           # a bare pickle
+        for build, needle in ((lambda: torch.save({**state, "genotype": payload}, ckpt), "refused"),
+                              (lambda: torch.save({**state, "net": {"w": payload}}, ckpt), "refused"),
+                              (lambda: ckpt.write_bytes(pickle.dumps(payload)), "not a checkpoint")):  # bare pickle
             build()
             before = snapshot(run)
-            refused(capsys, argv, ckpt)
+            refused(capsys, argv, ckpt, needle)
             assert not marker.exists(), "unpickling ran code"
             assert snapshot(run) == before
             tried += 1
     COUNTS[f"checkpoints carrying code ({kind})"] = tried
+    if kind == "search":  # and once as users run it, in its own process
+        torch.save({**state, "genotype": payloads(marker)[0]}, ckpt)
+        before = snapshot(run)
+        p = cli(argv)
+        assert p.returncode == 2 and not marker.exists() and snapshot(run) == before
+        one_line(p.stderr, ckpt, "refused")
 
 
 # ------------------------------------------------------------------ genotype JSON
