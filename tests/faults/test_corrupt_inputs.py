@@ -114,7 +114,8 @@ def test_damaged_checkpoint_file(capsys, tmp_path, search_ref, train_ref, kind):
     for name, bad in cases:
         ckpt.write_bytes(bad)
         before = snapshot(run)
-        refused(capsys, argv, ckpt)
+        err = refused(capsys, argv, ckpt, "restore it from a backup")
+        assert ("corrupt" if name != "empty" else "empty") in err, err
         assert snapshot(run) == before, name
     COUNTS[f"damaged checkpoint files ({kind})"] = len(cases)
 
