@@ -45,8 +45,12 @@ Selection = tuple[tuple[tuple[int, int], ...], ...]
 
 
 def softmax_t(alpha: torch.Tensor, tau: float) -> torch.Tensor:
-    """Eq. 5: p = softmax(alpha / tau) over the ops of each edge."""
-    return torch.softmax(alpha / tau, dim=-1)
+    """Eq. 5: p = softmax(alpha / tau) over the ops of each edge.
+
+    The row maximum is subtracted before dividing by tau (softmax does not change, nor does
+    its gradient: the shift is a constant), so a small annealed tau cannot overflow
+    alpha / tau to inf, whose inf - inf inside softmax would make p NaN."""
+    return torch.softmax((alpha - alpha.detach().amax(dim=-1, keepdim=True)) / tau, dim=-1)
 
 
 def dst_coefficients(alpha: torch.Tensor, beta: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
@@ -66,7 +70,11 @@ def dst_coefficients(alpha: torch.Tensor, beta: torch.Tensor, tau: float = 1.0) 
         rows = node_edges(j)
         pj = p[rows.start:rows.stop]
         p_hat = pj / pj.max()  # eq. 7: connection normalisation over all (i, k) into node j
-        q = torch.relu(p_hat - torch.sigmoid(beta[m]))  # eq. 8
+        # t = sigmoid(beta) < 1, so the strongest connection (p_hat = 1) always survives; but
+        # in float32 sigmoid rounds to 1 for beta > ~16.6, which would prune every input of
+        # the node. Keep t at most the largest float below 1 (a no-op for smaller beta).
+        t = torch.sigmoid(beta[m]).clamp(max=1 - torch.finfo(beta.dtype).eps / 2)
+        q = torch.relu(p_hat - t)  # eq. 8
         s = q.sum(dim=-1, keepdim=True)
         # eq. 9; edges with no surviving op keep q_hat = 0 (the safe denominator avoids 0/0,
         # whose NaN would poison the gradient even through torch.where).

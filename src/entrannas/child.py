@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .checkpoint import load_run_checkpoint
+from .checkpoint import load_run_checkpoint, mismatch
 from .config import _merge, from_dict
 from .fsutil import atomic_write_text
 from .loop import build_loaders, evaluate, resolve_device, seed_everything
@@ -51,7 +51,10 @@ def child_accuracy(run_dir: str | Path, limit: int | None = None, device: str | 
     seed_everything(cfg.run.seed)
     data = build_loaders(cfg, dev, search=True)
     net = build_supernet(cfg, data.info).to(dev)
-    net.load_state_dict(state["net"])
+    try:
+        net.load_state_dict(state["net"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise mismatch(run_dir / "checkpoint.pt", e) from None
     # The temperature is not a weight: set the one the checkpoint's last epoch evaluated and
     # derived with (an epoch-end checkpoint has already moved on to the next epoch).
     epoch = state["epoch"] - 1 if state["step"] == 0 and state["epoch"] > 0 else state["epoch"]

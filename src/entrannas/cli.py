@@ -63,9 +63,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .fsutil import WriteError
     from .genotype import GenotypeError
     from .rundir import RunError
-    return ConfigError, DataError, GenotypeError, CheckpointError, RunError, FloatingPointError
+    return (ConfigError, DataError, GenotypeError, CheckpointError, RunError, FloatingPointError,
+            WriteError)
 
 
 def cmd_search(args) -> int:
@@ -143,12 +145,14 @@ def main(argv=None) -> int:
     except Interrupted as e:
         print(f"entrannas: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _UsageError as e:
-        print(f"entrannas {args.command}: error: {e}", file=sys.stderr)
+    except (_UsageError, *_user_errors()) as e:
+        print(f"entrannas {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except _user_errors() as e:
-        print(f"entrannas {args.command}: error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+
+def _one_line(err: BaseException) -> str:
+    # The promise is one line; a message quoting a third-party error may hold line breaks.
+    return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 if __name__ == "__main__":

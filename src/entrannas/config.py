@@ -7,6 +7,7 @@ overrides such as `optim.lr=0.1`. Every step validates names, types and ranges a
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -183,10 +184,13 @@ def _read_yaml(path, label: str) -> dict:
         raise ConfigError(f"config {label}: cannot read it ({e.strerror or e})") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config {label}: not a UTF-8 text file") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise ConfigError(f"config {label}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        raise ConfigError(f"config {label}: invalid YAML{at} ({getattr(e, 'problem', None) or e})") from None
+        why = " ".join(str(getattr(e, "problem", None) or e).split())  # PyYAML's may span lines
+        raise ConfigError(f"config {label}: invalid YAML{at} ({why})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -207,6 +211,8 @@ def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (
             raise ConfigError(f"config {spec_s!r} is neither a preset nor a file; presets: "
                               f"{', '.join(presets(kind))}")
     file_kind = raw.pop("kind", None)
+    if file_kind is not None and not (isinstance(file_kind, str) and file_kind in KINDS):
+        raise ConfigError(f"config {spec}: unknown kind {file_kind!r}; choose one of {sorted(KINDS)}")
     kind = kind or file_kind or "search"
     if file_kind is not None and file_kind != kind:
         raise ConfigError(f"config {spec} is a {file_kind} config, not a {kind} config; "
@@ -214,7 +220,10 @@ def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (
     if kind not in KINDS:
         raise ConfigError(f"unknown config kind {kind!r}; choose one of {sorted(KINDS)}")
     cfg = KINDS[kind]()
-    _merge(cfg, raw, "")
+    try:
+        _merge(cfg, raw, "")
+    except ConfigError as e:  # name the file: the message is all the user sees
+        raise ConfigError(f"config {spec}: {e}") from None
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.1)")
@@ -286,6 +295,10 @@ def _coerce(value, hint, name: str):
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} = {value!r} has the wrong type: expected a number")
+        # YAML reads .inf and .nan as floats; no setting means either, and an infinite
+        # learning rate would only fail once the run has started.
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{name} = {value!r} is not allowed: expected a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

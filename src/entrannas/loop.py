@@ -2,6 +2,7 @@
 progress, the run folder's creation, and stopping cleanly on Ctrl-C."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
@@ -22,6 +23,7 @@ from .data.augment import normalize
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from . import accel
 from . import distributed as ddp
+from .fsutil import WriteError
 from .rundir import NullRunFolder, RunError, RunFolder, format_eta
 
 __all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "evaluate", "make_run_folder", "open_run_folder",
@@ -256,14 +258,71 @@ def make_run_folder(cfg, run_dir, default_name: str, quiet: bool) -> RunFolder:
     if (run_dir / "checkpoint.pt").exists():
         raise RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or "
                        f"choose another folder with --out")
-    return open_run_folder(run_dir, cfg.run.tensorboard, quiet)
+    run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
+    # What a run killed before its first checkpoint left: this run starts over, so must its
+    # metrics (appending would list epoch 0 twice), and its half-written files go.
+    if run.file("metrics.jsonl").exists():
+        run.keep_metrics_before(0)
+    run.remove_stale_temp_files()
+    return run
 
 
 class StepAccounting:
     """What the search and the training loop do after every step: add the (global) loss,
     correct predictions and images to the epoch's running sums, log a line with the ETA, and
-    honour a stop request or a mid-epoch checkpoint. Subclasses hold `cfg`, `run`, `timer`,
-    `elapsed`, `step`, `partial` and a `checkpoint()` method."""
+    honour a stop request or a mid-epoch checkpoint. Subclasses hold `cfg`, `run`, `net`,
+    `timer`, `elapsed`, `step`, `partial` and a `checkpoint()` method that calls `saving()`.
+
+    It also keeps the promise that a fault loses nothing that was saved: a checkpoint is
+    only written from finite weights (`ensure_finite`), and a non-finite loss or a failed
+    write stops the run with one line saying which checkpoint still holds the last good
+    state and how to go on."""
+
+    saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written
+
+    def _position(self, epoch: int, step: int) -> str:
+        return f"the end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
+
+    def _kept(self) -> str:
+        if self.saved is None:
+            return "no checkpoint had been written yet"
+        return (f"{self.run.file('checkpoint.pt')} still holds the last good state "
+                f"({self._position(*self.saved)})")
+
+    def diverged(self, what: str) -> FloatingPointError:
+        """The error for a loss or weights that stopped being finite (`what` says where)."""
+        where = f"{what}: stopped; {self._kept()}"
+        if self.saved is None:
+            return FloatingPointError(f"{where}; lower optim.lr or optim.grad_clip and start again")
+        return FloatingPointError(f"{where}; lower optim.lr or optim.grad_clip for a new run, or "
+                                  f"continue with --resume {self.run.path} if the cause has passed")
+
+    def write_failed(self, err: WriteError) -> RunError:
+        """The error for a run file that could not be written (a full disk): the checkpoint
+        write is atomic, so the previous checkpoint is intact whichever write failed."""
+        if self.saved is None:
+            return RunError(f"{err}: stopped; {self._kept()}. Free some space (or make the "
+                            f"folder writable) and start again")
+        return RunError(f"{err}: stopped; {self._kept()}. Free some space (or make the folder "
+                        f"writable) and continue with --resume {self.run.path}")
+
+    def ensure_finite(self) -> None:
+        """Raise (on every rank alike: the weights are identical) if a weight or a buffer is
+        not finite. A diverging update can leave inf/NaN weights after a step whose loss was
+        still finite; such a state must never replace the last good checkpoint."""
+        tensors = [(k, t) for k, t in self.net.state_dict().items() if t.is_floating_point()]
+        if not tensors or bool(torch.stack([torch.isfinite(t).all() for _, t in tensors]).all()):
+            return
+        bad = next(k for k, t in tensors if not bool(torch.isfinite(t).all()))
+        raise self.diverged(f"the weights became non-finite ({bad}) at "
+                            f"{self._position(self.epoch, self.step)}")
+
+    @contextlib.contextmanager
+    def saving(self):
+        """Wrap a checkpoint write: refuse non-finite weights, then remember the position."""
+        self.ensure_finite()
+        yield
+        self.saved = (self.epoch, self.step)
 
     def account_step(self, loss, logits, y, stop: StopFlag, epoch: int, steps: int, total: int,
                      done0: int, bar, extra: str) -> None:
@@ -274,9 +333,8 @@ class StepAccounting:
              float(stop.requested)])
         if not math.isfinite(loss_sum):
             bar.close()
-            raise FloatingPointError(
-                f"the training loss became {loss_sum / count} at epoch {epoch + 1}, step "
-                f"{self.step + 1}: lower the learning rate; the last good checkpoint is kept")
+            raise self.diverged(f"the training loss became {loss_sum / count} at epoch {epoch + 1}, "
+                                f"step {self.step + 1}")
         self.partial[0] += loss_sum
         self.partial[1] += correct
         self.partial[2] += int(count)

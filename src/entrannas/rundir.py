@@ -8,16 +8,18 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
-from .fsutil import atomic_write_text
+from .fsutil import WriteError, atomic_write_text, remove_stale_temp_files
 from .config import to_dict
 
 __all__ = ["RunFolder", "NullRunFolder", "RunError", "format_eta"]
@@ -25,6 +27,22 @@ __all__ = ["RunFolder", "NullRunFolder", "RunError", "format_eta"]
 
 class RunError(RuntimeError):
     """A run folder that cannot be used; one line for the user."""
+
+
+class _LogFile(logging.FileHandler):
+    """log.txt. On a full disk logging would print a traceback for every line; say it once
+    instead and go on: the writes that matter (checkpoint, metrics) stop the run with a clear
+    message of their own."""
+
+    failed = False
+
+    def handleError(self, record):
+        if not self.failed:
+            self.failed = True
+            err = sys.exc_info()[1]
+            print(f"entrannas: warning: cannot write {self.baseFilename} "
+                  f"({getattr(err, 'strerror', None) or err}); log lines are lost until it can be",
+                  file=sys.stderr, flush=True)
 
 
 def format_eta(seconds: float) -> str:
@@ -39,19 +57,27 @@ def format_eta(seconds: float) -> str:
 class RunFolder:
     def __init__(self, path: str | os.PathLike, tensorboard: bool = True, quiet: bool = False):
         self.path = Path(path)
+        # Checked before any work is done, so a folder that cannot be written costs nothing.
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
-            probe.write_text("ok")
+            with open(probe, "w") as f:
+                f.write("ok")
+                f.flush()
+                os.fsync(f.fileno())  # a full disk may only say so when the data goes out
             probe.unlink()
+            fh = _LogFile(self.path / "log.txt", encoding="utf-8")
         except OSError as e:
+            with contextlib.suppress(OSError):  # a full disk may have let it be created
+                (self.path / ".write-test").unlink()
             raise RunError(f"cannot write to the run folder {self.path} ({e.strerror or e}): "
-                           f"choose another with --out") from None
+                           f"free some space or choose another folder with --out") from None
         self.log = logging.getLogger(f"entrannas.run.{self.path.resolve()}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False
-        if not self.log.handlers:
-            fh = logging.FileHandler(self.path / "log.txt", encoding="utf-8")
+        if self.log.handlers:
+            fh.close()
+        else:
             fh.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
             self.log.addHandler(fh)
             if not quiet:
@@ -72,10 +98,14 @@ class RunFolder:
         atomic_write_text(self.file(name), json.dumps(obj, indent=1) + "\n")
 
     def append_metrics(self, row: dict) -> None:
-        with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # A line cut by a crash or a full disk is dropped on resume (read_metrics).
+        try:
+            with open(self.file("metrics.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise WriteError(self.file("metrics.jsonl"), e) from None
         if self._tb_enabled:
             self._scalars(row)
 
@@ -95,6 +125,12 @@ class RunFolder:
         """On resume: drop metrics of epochs the checkpoint does not cover (they are redone)."""
         rows = [r for r in self.read_metrics() if r.get("epoch", 0) < epoch]
         atomic_write_text(self.file("metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+
+    def remove_stale_temp_files(self) -> None:
+        """On resume: the temporary files of writes a killed run left behind."""
+        for folder in (self.path, self.path / "genotypes"):
+            for p in remove_stale_temp_files(folder):
+                self.log.info(f"removed {p.name}, left by an interrupted write")
 
     # -- TensorBoard -------------------------------------------------------------------------
     def _scalars(self, row: dict) -> None:
@@ -152,6 +188,9 @@ class NullRunFolder:
 
     def keep_metrics_before(self, epoch: int) -> None:
         self._rows = [r for r in self._rows if r.get("epoch", 0) < epoch]
+
+    def remove_stale_temp_files(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

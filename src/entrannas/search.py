@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from . import accel
 from . import distributed as ddp
-from .checkpoint import load_run_checkpoint, save_checkpoint
+from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
 from .config import SearchConfig, from_dict, to_dict
+from .fsutil import WriteError
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
@@ -38,7 +39,8 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
     Each backward asks only for the gradients its optimiser uses (`inputs=`), so the
     architecture step skips every weight-gradient kernel and the weight step skips the
     coefficient gradients: exact, and cheaper than a full backward.
-    Returns the training loss and logits of the weight step (detached).
+    Returns the training loss and logits of the weight step (detached). Raises
+    FloatingPointError, before updating alpha/beta, if their gradients are not finite.
 
     Under torchrun each rank passes its share of the global batch; the gradients are averaged
     over the ranks before each optimiser step (see distributed.py), so alpha/beta stay
@@ -50,6 +52,14 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
         arch_loss = F.cross_entropy(net(xv), yv) + net.dst_regulariser()
         arch_loss.backward(inputs=net.arch_parameters())
         ddp.allreduce_grads(net.arch_parameters())
+        # Checked before the update (as training checks its loss): a non-finite alpha/beta
+        # would leave DST nodes without inputs. The gradients are all-reduced, so every rank
+        # decides alike.
+        grads = [p.grad for p in net.arch_parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            value = float(arch_loss.detach())
+            raise FloatingPointError(f"the architecture loss became {value}" if not math.isfinite(value)
+                                     else "the architecture gradients became non-finite")
         a_opt.step()
 
     xt, yt = train_batch
@@ -118,24 +128,31 @@ class _Search(StepAccounting):
         # correct predictions and images so a resumed epoch reports the same metrics.
         self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0
         if state is not None:
-            self.net.load_state_dict(state["net"])
-            self.w_opt.load_state_dict(state["w_opt"])
-            self.a_opt.load_state_dict(state["a_opt"])
+            try:
+                self.net.load_state_dict(state["net"])
+                self.w_opt.load_state_dict(state["w_opt"])
+                self.a_opt.load_state_dict(state["a_opt"])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                raise mismatch(run.file("checkpoint.pt"), e) from None
             self.epoch, self.step = state["epoch"], state["step"]
             self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
+            self.saved = (self.epoch, self.step)
+            # Only now, with the checkpoint known to be usable, is the run folder touched.
+            run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
+            run.remove_stale_temp_files()
             run.keep_metrics_before(self.epoch)
         else:
             run.write_json("split.json", self.data.split)
         ddp.broadcast_params(self.net)
 
     def checkpoint(self) -> None:
-        if not ddp.is_main():
-            return
-        save_checkpoint(self.run.file("checkpoint.pt"), {
-            "kind": "search", "config": to_dict(self.cfg), "epoch": self.epoch, "step": self.step,
-            "partial": self.partial, "elapsed": self.timer.elapsed,
-            "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
-            "a_opt": self.a_opt.state_dict(), "genotype": self.net.genotype().to_dict()})
+        with self.saving():  # refuses non-finite weights, on every rank
+            if ddp.is_main():
+                save_checkpoint(self.run.file("checkpoint.pt"), {
+                    "kind": "search", "config": to_dict(self.cfg), "epoch": self.epoch,
+                    "step": self.step, "partial": self.partial, "elapsed": self.timer.elapsed,
+                    "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
+                    "a_opt": self.a_opt.state_dict(), "genotype": self.net.genotype().to_dict()})
 
     def run_epochs(self, stop: StopFlag) -> None:
         cfg, net = self.cfg, self.net
@@ -156,8 +173,12 @@ class _Search(StepAccounting):
             a_opt = self.a_opt if e >= cfg.optim.warmup_epochs else None
             net.train()
             for (xt, yt), val_batch in zip(self.data.train, self.data.arch):
-                with accel.autocast(cfg.run, self.device):
-                    loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
+                try:
+                    with accel.autocast(cfg.run, self.device):
+                        loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
+                except FloatingPointError as err:  # raised before the update: alpha/beta still good
+                    bar.close()
+                    raise self.diverged(f"{err} at epoch {e + 1}, step {self.step + 1}") from None
                 self.account_step(loss, logits, yt, stop, e, steps, total, done0, bar,
                                   f"tau {net.tau:.3f}")
             self.end_epoch(e, lr)
@@ -165,6 +186,7 @@ class _Search(StepAccounting):
 
     def end_epoch(self, e: int, lr: float) -> None:
         net, run = self.net, self.run
+        self.ensure_finite()  # before any of the epoch's files is written
         with accel.autocast(self.cfg.run, self.device):
             val_loss, val_acc = evaluate(net, self.data.val, reduce=ddp.active())
         genotype = net.genotype()
@@ -207,23 +229,27 @@ def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
     state = load_run_checkpoint(run_dir, "search")
     cfg = from_dict(state["config"], "search")
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
-    run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")
     return _drive(cfg, run, state)
 
 
 def _drive(cfg, run: RunFolder, state) -> SearchResult:
-    search = _Search(cfg, run, state)
-    run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
-                 f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
-                 f"device {search.device}, {ddp.world_size()} process(es), run folder {run.path}")
-    with StopFlag() as stop:
-        search.run_epochs(stop)
-    if ddp.active():  # every rank must have derived the same architecture
-        ddp.assert_same_on_all_ranks(search.net.arch_parameters(), "alpha/beta")
-    genotype = search.net.genotype()
-    run.log.info(f"final genotype: {run.file('genotype.json')}")
-    metrics = run.read_metrics()
-    run.close()
+    try:
+        search = _Search(cfg, run, state)
+        run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
+                     f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
+                     f"device {search.device}, {ddp.world_size()} process(es), run folder {run.path}")
+        with StopFlag() as stop:
+            try:
+                search.run_epochs(stop)
+            except WriteError as e:  # a full disk: say what was kept and how to go on
+                raise search.write_failed(e) from None
+        if ddp.active():  # every rank must have derived the same architecture
+            ddp.assert_same_on_all_ranks(search.net.arch_parameters(), "alpha/beta")
+        genotype = search.net.genotype()
+        run.log.info(f"final genotype: {run.file('genotype.json')}")
+        metrics = run.read_metrics()
+    finally:
+        run.close()  # on an error too: no log file or TensorBoard writer is left open
     return SearchResult(run.path, genotype, metrics)
 
 

@@ -201,6 +201,11 @@ class SuperNet(nn.Module):
             state.coeff[t] = coeff
             if self.derivation == "dst":
                 sel = derive_dst(coeff)
+                # For finite alpha/beta every node keeps its strongest input (arch.py); only
+                # NaN can empty one, and the cells cannot run a node without inputs.
+                if not all(sel):
+                    raise FloatingPointError(f"the {t} cell's alpha/beta are not finite, so DST "
+                                             f"derivation left a node without inputs")
                 state.selection[t] = sel
                 active = [[] for _ in EDGES]
                 for m, pairs in enumerate(sel):

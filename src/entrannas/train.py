@@ -23,9 +23,10 @@ import torch.nn.functional as F
 
 from . import accel
 from . import distributed as ddp
-from .checkpoint import load_run_checkpoint, save_checkpoint
+from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
 from .config import TrainConfig, from_dict, to_dict
 from .evalnet import build_target_net
+from .fsutil import WriteError
 from .genotype import Genotype, load_genotype
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
@@ -81,8 +82,7 @@ def train_step(net, opt: torch.optim.Optimizer, x, y, cfg: TrainConfig):
     if ddp.active():
         value = ddp.allreduce_sum([value], None)[0] / ddp.world_size()
     if not math.isfinite(value):
-        raise FloatingPointError(f"the training loss became {value}: lower optim.lr or "
-                                 f"optim.grad_clip; the last good checkpoint is kept")
+        raise FloatingPointError(f"the training loss became {value}")
     loss.backward()
     ddp.allreduce_grads(net.parameters())
     torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
@@ -134,11 +134,18 @@ class _Training(StepAccounting):
         # correct predictions and images so a resumed epoch reports the same metrics.
         self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0
         if state is not None:
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
+            try:
+                self.net.load_state_dict(state["net"])
+                self.opt.load_state_dict(state["opt"])
+                _set_rng_state(state["rng"], self.device)
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                raise mismatch(run.file("checkpoint.pt"), e) from None
             self.epoch, self.step = state["epoch"], state["step"]
             self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
-            _set_rng_state(state["rng"], self.device)
+            self.saved = (self.epoch, self.step)
+            # Only now, with the checkpoint known to be usable, is the run folder touched.
+            run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
+            run.remove_stale_temp_files()
             run.keep_metrics_before(self.epoch)
         ddp.broadcast_params(self.net)
         # What runs the batches: the net itself, or its torch.compile'd wrapper (run.compile);
@@ -146,13 +153,13 @@ class _Training(StepAccounting):
         self.forward = accel.compiled(self.net, cfg.run, self.device)
 
     def checkpoint(self) -> None:
-        if not ddp.is_main():
-            return
-        save_checkpoint(self.run.file("checkpoint.pt"), {
-            "kind": "train", "config": to_dict(self.cfg), "genotype": self.genotype.to_dict(),
-            "epoch": self.epoch, "step": self.step, "partial": self.partial,
-            "elapsed": self.timer.elapsed, "rng": _rng_state(self.device),
-            "net": self.net.state_dict(), "opt": self.opt.state_dict()})
+        with self.saving():  # refuses non-finite weights, on every rank
+            if ddp.is_main():
+                save_checkpoint(self.run.file("checkpoint.pt"), {
+                    "kind": "train", "config": to_dict(self.cfg), "genotype": self.genotype.to_dict(),
+                    "epoch": self.epoch, "step": self.step, "partial": self.partial,
+                    "elapsed": self.timer.elapsed, "rng": _rng_state(self.device),
+                    "net": self.net.state_dict(), "opt": self.opt.state_dict()})
 
     def run_epochs(self, stop: StopFlag) -> None:
         cfg, net, o = self.cfg, self.net, self.cfg.optim
@@ -175,14 +182,15 @@ class _Training(StepAccounting):
                 try:
                     with accel.autocast(cfg.run, self.device):
                         loss, logits = train_step(self.forward, self.opt, x, y, cfg)
-                except FloatingPointError as err:
+                except FloatingPointError as err:  # raised before the update: weights still good
                     bar.close()
-                    raise FloatingPointError(f"epoch {e + 1}, step {self.step + 1}: {err}") from None
+                    raise self.diverged(f"{err} at epoch {e + 1}, step {self.step + 1}") from None
                 self.account_step(loss, logits, y, stop, e, steps, total, done0, bar, f"lr {lr:.4g}")
             self.end_epoch(e, lr)
         bar.close()
 
     def end_epoch(self, e: int, lr: float) -> None:
+        self.ensure_finite()  # before any of the epoch's files is written
         # Eval mode: no drop path and no auxiliary head, so evaluation draws no random numbers
         # and the generator state stays that of the training steps.
         with accel.autocast(self.cfg.run, self.device):
@@ -227,34 +235,38 @@ def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
     cfg = from_dict(state["config"], "train")
     genotype = Genotype.from_dict(state["genotype"])
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
-    run.log.info(f"resuming from epoch {state['epoch'] + 1} step {state['step']}")
     return _drive(cfg, genotype, run, state)
 
 
 def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> TrainResult:
-    training = _Training(cfg, genotype, run, state)
-    info = training.data.info
-    cost = net_cost(cfg, genotype, info)
-    run.log.info(f"training on {cfg.data.dataset}: C={cfg.model.C}, {cfg.model.layers} cells, "
-                 f"{cost['params_M']:.3f}M params, {cost['macs_M']:.1f}M multiply-adds; "
-                 f"{len(training.data.train)} steps per epoch x {cfg.optim.epochs} epochs, batch "
-                 f"{cfg.optim.batch_size}, device {training.device}, {ddp.world_size()} process(es), "
-                 f"run folder {run.path}")
-    with StopFlag() as stop:
-        training.run_epochs(stop)
-    metrics = run.read_metrics()
-    best = max(metrics, key=lambda r: r["test_acc"]) if metrics else {}
-    summary = {"dataset": cfg.data.dataset, "test_images": training.data.split["test"],
-               "train_images": training.data.split["train"], "epochs": cfg.optim.epochs,
-               "test_acc": metrics[-1]["test_acc"] if metrics else float("nan"),
-               "test_loss": metrics[-1]["test_loss"] if metrics else float("nan"),
-               "best_test_acc": best.get("test_acc", float("nan")), "best_epoch": best.get("epoch"),
-               **cost, "C": cfg.model.C, "layers": cfg.model.layers,
-               "wall_time": metrics[-1]["wall_time"] if metrics else 0.0,
-               "peak_mem_gib": max((r["peak_mem_gib"] for r in metrics), default=0.0),
-               "genotype": genotype.to_dict()}
-    run.write_json("summary.json", summary)
-    run.log.info(f"final test acc {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}% "
-                 f"at epoch {(summary['best_epoch'] or 0) + 1}); summary: {run.file('summary.json')}")
-    run.close()
+    try:
+        training = _Training(cfg, genotype, run, state)
+        info = training.data.info
+        cost = net_cost(cfg, genotype, info)
+        run.log.info(f"training on {cfg.data.dataset}: C={cfg.model.C}, {cfg.model.layers} cells, "
+                     f"{cost['params_M']:.3f}M params, {cost['macs_M']:.1f}M multiply-adds; "
+                     f"{len(training.data.train)} steps per epoch x {cfg.optim.epochs} epochs, batch "
+                     f"{cfg.optim.batch_size}, device {training.device}, {ddp.world_size()} process(es), "
+                     f"run folder {run.path}")
+        with StopFlag() as stop:
+            try:
+                training.run_epochs(stop)
+            except WriteError as e:  # a full disk: say what was kept and how to go on
+                raise training.write_failed(e) from None
+        metrics = run.read_metrics()
+        best = max(metrics, key=lambda r: r["test_acc"]) if metrics else {}
+        summary = {"dataset": cfg.data.dataset, "test_images": training.data.split["test"],
+                   "train_images": training.data.split["train"], "epochs": cfg.optim.epochs,
+                   "test_acc": metrics[-1]["test_acc"] if metrics else float("nan"),
+                   "test_loss": metrics[-1]["test_loss"] if metrics else float("nan"),
+                   "best_test_acc": best.get("test_acc", float("nan")), "best_epoch": best.get("epoch"),
+                   **cost, "C": cfg.model.C, "layers": cfg.model.layers,
+                   "wall_time": metrics[-1]["wall_time"] if metrics else 0.0,
+                   "peak_mem_gib": max((r["peak_mem_gib"] for r in metrics), default=0.0),
+                   "genotype": genotype.to_dict()}
+        run.write_json("summary.json", summary)
+        run.log.info(f"final test acc {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}% "
+                     f"at epoch {(summary['best_epoch'] or 0) + 1}); summary: {run.file('summary.json')}")
+    finally:
+        run.close()  # on an error too: no log file or TensorBoard writer is left open
     return TrainResult(run.path, metrics, summary)

@@ -1,0 +1,1 @@
+"""Fault-injection suite: kills, corrupt input, NaN, full disks (see README, "Faults")."""
