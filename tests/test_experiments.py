@@ -102,3 +102,50 @@ def test_bad_experiment_input_is_one_line(capsys, tmp_path):
                         "cannot write to the output folder")
     fails_with_one_line(capsys, ["animate", str(tmp_path), "-o", str(tmp_path / "a.gif")],
                         "genotypes/epoch_")
+
+
+def _children(pid):
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir()
+                for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_stops_parallel_sub_runs_with_a_checkpoint_and_no_orphans(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "exp"
+    slow = [s for s in TINY if not s.startswith(("data.limit", "optim.epochs"))] + \
+        ["data.limit=256", "optim.epochs=3", "run.checkpoint_every=1"]
+    cmd = [sys.executable, "-m", "entrannas", "experiment", "consistency", "--jobs", "2", "--out", str(out)]
+    for s in slow:
+        cmd += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not list(out.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.5)
+    workers = [c for c in _children(proc.pid) if _alive(c)]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 130, err.decode()
+    assert "--resume" in err.decode() or "stopped" in err.decode()
+    deadline = time.time() + 60
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not any(_alive(w) for w in workers)  # no sub-run keeps running unseen
+    # The same command finishes the job, resuming what was stopped.
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    assert any("resuming from" in p.read_text() for p in out.glob("runs/*/log.txt"))
