@@ -5,7 +5,7 @@ Each configuration runs in its own process so peak memory is its own. Memory = p
 the RSS right after the network and optimisers are built.
 
     python benchmarks/search_step.py                  # all configs, batch 16 and 64
-    python benchmarks/search_step.py --batch 64 --steps 5 --configs darts entrannas
+    python benchmarks/search_step.py --batch 64 --steps 5 --configs darts bottleneck
 """
 from __future__ import annotations
 
@@ -19,17 +19,11 @@ import subprocess
 import sys
 import time
 
-CONFIGS = {
-    # Table 3's cumulative rows, plus EnTranNAS-DST.
-    "darts": dict(method="darts"),
-    "engine_transit": dict(method="entrannas", feature_sharing=False, bottleneck=1),
-    "feature_sharing": dict(method="entrannas", bottleneck=1),
-    "entrannas": dict(method="entrannas"),
-    "dst": dict(method="dst"),
-}
-LABELS = {"darts": "DARTS mode", "engine_transit": "+ Engine/Transit",
-          "feature_sharing": "+ feature sharing", "entrannas": "+ bottleneck (EnTranNAS)",
-          "dst": "EnTranNAS-DST"}
+from entrannas.experiments.efficiency import CONFIGS as _TABLE3  # Table 3 rows, one definition
+
+# Table 3's cumulative rows, plus EnTranNAS-DST.
+CONFIGS = {**{k: kw for k, (_, kw) in _TABLE3.items()}, "dst": dict(method="dst")}
+LABELS = {**{k: label for k, (label, _) in _TABLE3.items()}, "dst": "EnTranNAS-DST"}
 
 
 def _rss_bytes() -> int:
