@@ -65,3 +65,24 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+def test_every_flip_in_the_zip_directory_is_refused(tmp_path):
+    """The zip CRCs do not cover the central directory: a flipped bit there once made torch
+    read other bytes as weights without an error. The SHA-256 trailer refuses all of them."""
+    import zipfile
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"net": {"w": torch.randn(64, 64), "b": torch.randn(64)}, "epoch": 1})
+    data = path.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        start = z.start_dir  # offset of the central directory
+    bad = tmp_path / "bad.pt"
+    refused = 0
+    for pos in range(start, len(data)):
+        flipped = bytearray(data)
+        flipped[pos] ^= 1 << (pos % 8)
+        bad.write_bytes(bytes(flipped))
+        with pytest.raises(CheckpointError, match="corrupt"):
+            load_checkpoint(bad)
+        refused += 1
+    assert refused > 200

@@ -10,6 +10,7 @@ before anything in the run folder is touched.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import numbers
 import os
@@ -36,7 +37,31 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     write atomically."""
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    # A SHA-256 of the archive after it (zip readers ignore trailing bytes): the zip CRCs do
+    # not cover the central directory, where a flipped bit can make torch read other bytes.
+    atomic_write_bytes(path, data + _DIGEST_TAG + hashlib.sha256(data).hexdigest().encode())
+
+
+_DIGEST_TAG = b"\nentrannas-sha256:"
+_DIGEST_LEN = len(_DIGEST_TAG) + 64
+
+
+def _verified_body(path: Path) -> bytes | None:
+    """The archive of a checkpoint that ends with its digest, checked; None for one without
+    (written before digests existed: the CRC check below is all there is for those)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"checkpoint {path}: cannot read it ({e.strerror or e})") from None
+    if len(raw) <= _DIGEST_LEN or raw[-_DIGEST_LEN:-64] != _DIGEST_TAG:
+        if _DIGEST_TAG in raw[-2 * _DIGEST_LEN:]:  # a digest cut short: the file was truncated
+            raise _corrupt(path, "it is corrupt: truncated (its SHA-256 trailer is incomplete)")
+        return None
+    body = raw[:-_DIGEST_LEN]
+    if hashlib.sha256(body).hexdigest().encode() != raw[-64:]:
+        raise _corrupt(path, "it is corrupt (its content does not match its SHA-256)")
+    return body
 
 
 def _corrupt(path, why: str) -> CheckpointError:
@@ -68,9 +93,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: pass a run folder that holds "
                               f"checkpoint.pt (written at the end of every epoch)")
-    _check_archive(path)
+    body = _verified_body(path)
+    if body is None:
+        _check_archive(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(body) if body is not None else path, map_location="cpu",
+                           weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
         # torch wraps weights_only failures in a long explanation: keep the line saying why.
         lines = [l.strip() for l in str(e).splitlines() if l.strip()]
