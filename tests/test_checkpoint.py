@@ -78,7 +78,8 @@ def test_every_flip_in_the_zip_directory_is_refused(tmp_path):
         start = z.start_dir  # offset of the central directory
     bad = tmp_path / "bad.pt"
     refused = 0
-    for pos in range(start, len(data)):
+    end = len(data) - len(b"\nentrannas-sha256:") - 64  # the archive ends before its digest
+    for pos in range(start, end):
         flipped = bytearray(data)
         flipped[pos] ^= 1 << (pos % 8)
         bad.write_bytes(bytes(flipped))
