@@ -11,6 +11,7 @@ from scipy.stats import kendalltau
 from entrannas.animate import connection_series, epoch_genotypes
 from entrannas.experiments import run_experiment
 from entrannas.experiments.efficiency import largest_batch, measure
+from entrannas.genotype import Genotype
 from entrannas.measure import cell_stats
 from helpers import fails_with_one_line
 
@@ -66,15 +67,18 @@ def test_flexibility_and_animation_show_every_epoch_of_a_dst_search(tmp_path):
     res = run_experiment("flexibility", "cpu", out, overrides=TINY, quiet=True)
     assert [r["dst_lambda"] for r in res["rows"]] == [0.2, 0.1, 0.05]
     for r in res["rows"]:
-        from entrannas.genotype import Genotype
         g = Genotype.from_dict(r["genotype"])
         assert (r["edges_normal"], r["edges_reduce"]) == (cell_stats(g.normal)["edges"], cell_stats(g.reduce)["edges"])
+        # The paper's edge count: one per (op, input) arrow.
+        assert r["edges"] == f"{sum(map(len, g.normal.nodes))} / {sum(map(len, g.reduce.nodes))}"
         assert r["imagenet_params_M"] > 0 and r["cifar_macs_M"] > 0
         gif = Image.open(out / f"cells-lambda-{r['dst_lambda']}.gif")
         assert gif.n_frames == 2  # one frame per epoch
     run_dir = out / "runs/lambda-0.1"
     anim = run_experiment("animation", "cpu", tmp_path / "anim", quiet=True, run=str(run_dir))
     series = connection_series(run_dir)
+    final = Genotype.from_json((run_dir / "genotype.json").read_text())
+    assert series[-1][1:] == (sum(map(len, final.normal.nodes)), sum(map(len, final.reduce.nodes)))
     assert [(r["epoch"], r["normal"], r["reduce"]) for r in anim["rows"]] == series
     assert [e for e, _ in epoch_genotypes(run_dir)] == [1, 2]
     assert Image.open(tmp_path / "anim/cells.gif").n_frames == 2

@@ -28,8 +28,9 @@ def epoch_genotypes(run_dir: str | Path) -> list[tuple[int, Genotype]]:
 
 
 def connections(genotype: Genotype) -> tuple[int, int]:
-    """Active (input, node) connections of the normal and the reduction cell."""
-    return cell_stats(genotype.normal)["edges"], cell_stats(genotype.reduce)["edges"]
+    """Active connections of the normal and the reduction cell, counted as the paper's
+    pictures and Table 4 count edges: one per (op, input) arrow (a DARTS cell has 8)."""
+    return cell_stats(genotype.normal)["ops"], cell_stats(genotype.reduce)["ops"]
 
 
 def animate_search(run_dir: str | Path, path: str | Path, seconds_per_frame: float = 0.8,
@@ -43,7 +44,7 @@ def animate_search(run_dir: str | Path, path: str | Path, seconds_per_frame: flo
     for epoch, g in epoch_genotypes(run_dir):
         n, r = connections(g)
         head = f"{title}: " if title else ""
-        fig = genotype_figure(g, f"{head}epoch {epoch}: {n} normal / {r} reduction connections")
+        fig = genotype_figure(g, f"{head}epoch {epoch}: {n} normal / {r} reduction edges")
         png = io.BytesIO()
         FigureCanvasAgg(fig)
         fig.savefig(png, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
@@ -88,7 +89,7 @@ def plot_connections(series: dict[str, list[tuple[int, int, int]]], path: str | 
         ax.set_title(f"{cell} cell")
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("connections (input, node)")
+    axes[0].set_ylabel("edges ((op, input) arrows)")
     axes[1].legend(loc="best")
     fig.suptitle(title)
     return save_figure(fig, path)

@@ -19,8 +19,8 @@ def run(ctx: Context) -> dict:
     series = connection_series(run_dir)
     plot_connections({run_dir.name: series}, ctx.out / "connections.png")
     rows = [{"epoch": e, "normal": n, "reduce": r} for e, n, r in series]
-    table = markdown_table([("epoch", "epoch"), ("normal", "normal connections"),
-                            ("reduce", "reduction connections")], rows)
+    table = markdown_table([("epoch", "epoch"), ("normal", "normal edges"),
+                            ("reduce", "reduction edges")], rows)
     write_summary(ctx, "The derived cells per epoch of a DST search",
                   [f"Search: `{run_dir}`. Animation: `cells.gif`; plot: `connections.png`.", "", table],
                   {"run_dir": str(run_dir), "gif": gif, "rows": rows})

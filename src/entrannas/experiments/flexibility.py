@@ -25,7 +25,8 @@ def run(ctx: Context) -> dict:
                  ops_normal=cifar["ops_normal"], ops_reduce=cifar["ops_reduce"],
                  cifar_params_M=cifar["params_M"], cifar_macs_M=cifar["macs_M"],
                  imagenet_params_M=imagenet["params_M"], imagenet_macs_M=imagenet["macs_M"])
-        r["edges"] = f"{r['edges_normal']} / {r['edges_reduce']}"
+        r["edges"] = f"{r['ops_normal']} / {r['ops_reduce']}"  # (op, input) arrows: the paper's count
+        r["inputs"] = f"{r['edges_normal']} / {r['edges_reduce']}"
         paper = PAPER.get(r["dst_lambda"])
         if paper:
             r["paper_edges"] = f"{paper[0]} / {paper[1]}"
@@ -36,13 +37,15 @@ def run(ctx: Context) -> dict:
         r["connections_per_epoch"] = series[f"lambda {lam}"]
     plot_connections(series, ctx.out / "connections.png")
     table = markdown_table(
-        [("dst_lambda", "lambda"), ("edges", "edges N / R"), ("ops_normal", "ops N"),
-         ("ops_reduce", "ops R"), ("imagenet_params_M", "params M (ImageNet net)"),
+        [("dst_lambda", "lambda"), ("edges", "edges N / R"), ("inputs", "distinct inputs N / R"),
+         ("imagenet_params_M", "params M (ImageNet net)"),
          ("imagenet_macs_M", "FLOPs M (ImageNet net)"), ("cifar_params_M", "params M (CIFAR net)"),
          ("cifar_macs_M", "FLOPs M (CIFAR net)"), ("val_acc", "super-net val acc %"),
          ("paper_edges", "paper edges"), ("paper_params_M", "paper params M"),
          ("paper_macs_M", "paper FLOPs M")], rows)
-    note = ("Edges are distinct (input, node) connections; an edge may carry several ops. Params "
+    note = ("Edges count (op, input) arrows into the intermediate nodes, as the paper's cell "
+            "pictures and Table 4 do (a DARTS cell has 8); distinct inputs count (input, node) "
+            "pairs, several ops may share one. Params "
             "and FLOPs (multiply-adds, as the paper counts them) are of the target network each "
             "genotype builds in the ImageNet setting (C=48, 14 cells, 224x224) and the CIFAR "
             "setting (C=36, 20 cells, 32x32), without auxiliary head. Pictures: "
