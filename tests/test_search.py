@@ -142,3 +142,13 @@ def test_warmup_epochs_leave_the_architecture_alone(tmp_path):
     state = _weights(tmp_path / "warm")
     assert torch.equal(state["alpha_normal"], fresh.alpha_normal.detach())
     assert not torch.equal(state["cells.0.preprocess1.1.weight"], fresh.cells[0].preprocess1[1].weight.detach())
+
+
+def test_resuming_a_finished_search_returns_the_genotype_it_saved(reference):
+    """The temperature is not a weight: a resumed, already finished search must derive with
+    the last epoch's temperature, not the initial one (DST prunes by it)."""
+    from entrannas.genotype import Genotype
+    saved = Genotype.from_json((reference / "genotype.json").read_text())
+    again = resume_search(reference, quiet=True)
+    assert again.genotype.to_dict()["normal"] == saved.to_dict()["normal"]
+    assert again.genotype.to_dict()["reduce"] == saved.to_dict()["reduce"]

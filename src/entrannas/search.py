@@ -137,6 +137,10 @@ class _Search(StepAccounting):
             self.epoch, self.step = state["epoch"], state["step"]
             self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
             self.saved = (self.epoch, self.step)
+            # The temperature is not in the state dict: set the one of the epoch the weights
+            # are in (an epoch-end checkpoint has moved on to the next epoch), so a resumed
+            # finished search derives the genotype it saved.
+            self.net.set_epoch(self.epoch - 1 if self.step == 0 and self.epoch > 0 else self.epoch)
             # Only now, with the checkpoint known to be usable, is the run folder touched.
             run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
             run.remove_stale_temp_files()
