@@ -5,7 +5,8 @@ that fits a memory budget, and the search cost at that batch.
 Search steps (architecture step, then weight step) run on random tensors of the setting's
 shape, each measurement in a fresh process so its peak memory is its own. Memory: on a GPU
 `torch.cuda.max_memory_allocated`; on a CPU the peak resident memory above the process's
-size after `import torch`, both including weights, optimiser state and activations. The
+size once the network is built, plus the weights: both count weights, gradients, optimiser
+state and activations. The
 largest batch comes from a straight-line fit of memory against batch size (two measured
 batches), checked by a measured step at that batch.
 """
@@ -52,10 +53,12 @@ def measure_step(name: str, batch: int, steps: int, C: int, layers: int, input_s
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
-    base = _rss_bytes()
     torch.manual_seed(0)
     net = SuperNet(C=C, layers=layers, num_classes=num_classes, in_channels=input_shape[0],
                    **CONFIGS[name][1]).to(dev)
+    # CPU: memory above the built network, plus the weights themselves; RSS also holds the
+    # libraries' own buffers, which are not the method's and would blur the ratios.
+    base = _rss_bytes() - sum(p.numel() * p.element_size() for p in net.parameters())
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     g = torch.Generator().manual_seed(1)
@@ -144,7 +147,7 @@ def run(ctx: Context) -> dict:
             f"images per epoch, {s['epochs']} epochs; device {rows[0]['device']}. Costs are "
             f"extrapolated from the median of {s['steps']} measured search steps (after one "
             f"warm-up step) at the largest batch; they count search steps only, not the "
-            f"per-epoch validation. Memory on a CPU is peak resident memory above the bare "
-            f"interpreter with torch, on a GPU torch.cuda.max_memory_allocated.")
+            f"per-epoch validation. Memory on a CPU is peak resident memory above the built "
+            f"network plus its weights, on a GPU torch.cuda.max_memory_allocated.")
     write_summary(ctx, "Table 3: search efficiency per component", [table], {"rows": rows, "setting": s}, note)
     return {"rows": rows}
