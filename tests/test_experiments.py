@@ -93,12 +93,13 @@ def test_largest_batch_follows_the_memory_line():
 
 def test_efficiency_measures_less_memory_and_time_with_entrannas():
     s = {"steps": 1, "C": 8, "layers": 5, "input": [1, 28, 28]}
-    # One thread: each extra thread brings its own allocator arena, a fixed cost that is
-    # not the method's and, at this tiny size, as large as EnTranNAS's whole step.
-    darts = measure("darts", 32, s, "cpu", 1)
-    ours = measure("bottleneck", 32, s, "cpu", 1)
-    assert darts["mem_gib"] > 2 * ours["mem_gib"] > 0
-    assert darts["s_per_step"] > ours["s_per_step"] > 0
+    m = {(name, b): measure(name, b, s, "cpu", None) for name in ("darts", "bottleneck") for b in (16, 48)}
+    # Memory per image (the slope the largest batch is fitted from): a CPU process also holds
+    # a fixed few hundred MB of library allocations that depend on the thread setup and are
+    # not the method's, so compare slopes rather than totals.
+    slope = {n: m[n, 48]["mem_gib"] - m[n, 16]["mem_gib"] for n in ("darts", "bottleneck")}
+    assert slope["darts"] > 3 * slope["bottleneck"] > 0
+    assert m["darts", 48]["s_per_step"] > m["bottleneck", 48]["s_per_step"] > 0
 
 
 def test_bad_experiment_input_is_one_line(capsys, tmp_path):
