@@ -297,6 +297,15 @@ class StepAccounting:
         return FloatingPointError(f"{where}; lower optim.lr or optim.grad_clip for a new run, or "
                                   f"continue with --resume {self.run.path} if the cause has passed")
 
+    def run_to_end(self) -> None:
+        """Run the remaining epochs; Ctrl-C/SIGTERM checkpoint and stop, a full disk ends in
+        one line saying what was kept and how to go on."""
+        with StopFlag() as stop:
+            try:
+                self.run_epochs(stop)
+            except WriteError as e:
+                raise self.write_failed(e) from None
+
     def write_failed(self, err: WriteError) -> RunError:
         """The error for a run file that could not be written (a full disk): the checkpoint
         write is atomic, so the previous checkpoint is intact whichever write failed."""

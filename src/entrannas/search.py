@@ -20,7 +20,6 @@ from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
 from .config import SearchConfig, from_dict, to_dict
-from .fsutil import WriteError
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
@@ -242,11 +241,7 @@ def _drive(cfg, run: RunFolder, state) -> SearchResult:
         run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
                      f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
                      f"device {search.device}, {ddp.world_size()} process(es), run folder {run.path}")
-        with StopFlag() as stop:
-            try:
-                search.run_epochs(stop)
-            except WriteError as e:  # a full disk: say what was kept and how to go on
-                raise search.write_failed(e) from None
+        search.run_to_end()
         if ddp.active():  # every rank must have derived the same architecture
             ddp.assert_same_on_all_ranks(search.net.arch_parameters(), "alpha/beta")
         genotype = search.net.genotype()

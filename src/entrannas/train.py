@@ -26,7 +26,6 @@ from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
 from .config import TrainConfig, from_dict, to_dict
 from .evalnet import build_target_net
-from .fsutil import WriteError
 from .genotype import Genotype, load_genotype
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
@@ -248,11 +247,7 @@ def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> Train
                      f"{len(training.data.train)} steps per epoch x {cfg.optim.epochs} epochs, batch "
                      f"{cfg.optim.batch_size}, device {training.device}, {ddp.world_size()} process(es), "
                      f"run folder {run.path}")
-        with StopFlag() as stop:
-            try:
-                training.run_epochs(stop)
-            except WriteError as e:  # a full disk: say what was kept and how to go on
-                raise training.write_failed(e) from None
+        training.run_to_end()
         metrics = run.read_metrics()
         best = max(metrics, key=lambda r: r["test_acc"]) if metrics else {}
         summary = {"dataset": cfg.data.dataset, "test_images": training.data.split["test"],
