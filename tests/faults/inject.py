@@ -25,7 +25,6 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
 SPEC = json.loads(os.environ.get("ENTRANNAS_FAULT") or "{}")
 FULL = SPEC.get("enospc_from") == "start"
