@@ -12,13 +12,26 @@ from entrannas.ops import op_names
 
 
 def _count_op_calls(net):
+    """(cell, unit, op) -> how many times that op instance ran: forward hooks on the op modules
+    of the one-call-per-op cells, or on the banks of the batched ones (each call runs a set of
+    rows, each row an op instance)."""
     calls = Counter()
     handles = []
     for c, cell in enumerate(net.cells):
-        for u, unit in enumerate(cell.ops):
-            for k, op in enumerate(unit):
-                handles.append(op.register_forward_hook(
-                    lambda *_, key=(c, u, k): calls.update([key])))
+        if hasattr(cell, "ops"):
+            for u, unit in enumerate(cell.ops):
+                for k, op in enumerate(unit):
+                    handles.append(op.register_forward_hook(
+                        lambda *_, key=(c, u, k): calls.update([key])))
+            continue
+        for k, name in enumerate(cell.op_names):
+            if name == "none":
+                continue
+
+            def hook(module, args, out, c=c, k=k, cell=cell):
+                rows = args[1]
+                calls.update((c, cell.units[rows.segment][r], k) for r in rows.rows)
+            handles.append(cell.banks[name].register_forward_hook(hook))
     return calls, handles
 
 
@@ -26,7 +39,10 @@ def test_darts_mode_matches_official_counts():
     net = SuperNet(method="darts", C=16, layers=8, num_classes=10)
     assert sum(p.numel() for p in net.weight_parameters()) == 1_930_618
     assert sum(p.numel() for p in net.arch_parameters()) == 224
-    assert all(isinstance(c, EngineCell) for c in net.cells)
+    assert all(net.is_engine(c) for c in range(len(net.cells)))
+    plain = SuperNet(method="darts", C=16, layers=8, num_classes=10, batched=False)
+    assert sum(p.numel() for p in plain.weight_parameters()) == 1_930_618
+    assert all(isinstance(c, EngineCell) for c in plain.cells)
 
 
 def test_parameter_lists_are_disjoint_and_complete():
@@ -43,7 +59,9 @@ def test_parameter_lists_are_disjoint_and_complete():
 def test_engine_cell_placement(spec, expected):
     net = SuperNet(method="entrannas", C=8, layers=8, engine_cells=spec)
     assert net.engine_cells == expected
-    assert [i for i, c in enumerate(net.cells) if isinstance(c, EngineCell)] == list(expected)
+    assert [i for i in range(len(net.cells)) if net.is_engine(i)] == list(expected)
+    plain = SuperNet(method="entrannas", C=8, layers=8, engine_cells=spec, batched=False)
+    assert [i for i, c in enumerate(plain.cells) if isinstance(c, EngineCell)] == list(expected)
 
 
 def test_half_placement_is_half_of_each_type():
@@ -145,9 +163,10 @@ def test_engine_cell_equals_weighted_sum_definition():
     assert torch.allclose(out, torch.cat(states[2:], 1), atol=1e-5)
 
 
-def test_dst_engine_cell_skips_pruned_ops():
+@pytest.mark.parametrize("batched", [True, False])
+def test_dst_engine_cell_skips_pruned_ops(batched):
     torch.manual_seed(0)
-    net = SuperNet(method="dst", C=8, layers=5)
+    net = SuperNet(method="dst", C=8, layers=5, batched=batched)
     with torch.no_grad():
         net.alpha_normal.normal_(0, 3)
         net.beta_normal.fill_(1.0)  # t = 0.73: prunes most connections
@@ -161,9 +180,10 @@ def test_dst_engine_cell_skips_pruned_ops():
     assert computed == expected and len(expected) < 5 * 7
 
 
-def test_child_mode_runs_every_cell_as_transit():
+@pytest.mark.parametrize("batched", [True, False])
+def test_child_mode_runs_every_cell_as_transit(batched):
     torch.manual_seed(0)
-    net = SuperNet(method="darts", C=8, layers=5)
+    net = SuperNet(method="darts", C=8, layers=5, batched=batched)
     geno = net.genotype()
     calls, _ = _count_op_calls(net)
     net(torch.randn(2, 3, 16, 16), child=True)
@@ -172,15 +192,16 @@ def test_child_mode_runs_every_cell_as_transit():
     assert sum(len(n) for n in geno.normal.nodes) == 8
 
 
-def test_entrannas_transit_cells_run_the_current_derivation():
+@pytest.mark.parametrize("batched", [True, False])
+def test_entrannas_transit_cells_run_the_current_derivation(batched):
     torch.manual_seed(0)
-    net = SuperNet(method="entrannas", C=8, layers=8)
+    net = SuperNet(method="entrannas", C=8, layers=8, batched=batched)
     calls, _ = _count_op_calls(net)
     net(torch.randn(2, 3, 16, 16))
     sel = net.arch_state().selection
     for c, cell in enumerate(net.cells):
         got = {(u, k) for (cc, u, k) in calls if cc == c}
-        if isinstance(cell, TransitCell):
+        if not net.is_engine(c):
             t = "reduce" if cell.reduction else "normal"
             assert got == {(i, k) for pairs in sel[t] for i, k in pairs}
         else:

@@ -61,3 +61,4 @@ def compiled(net: torch.nn.Module, run_cfg, device: torch.device):
     if not run_cfg.compile:
         return net
     return torch.compile(net)
+

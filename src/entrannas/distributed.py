@@ -6,15 +6,14 @@
 Gradients are averaged by hand rather than by wrapping the nets in DistributedDataParallel:
 
 * A transit-cell (EnTranNAS) and a pruned edge (DST) use a different subset of the weights at
-  every step, so many weights get no gradient. DDP would need `find_unused_parameters=True`,
-  which walks the autograd graph every step, and it would still all-reduce zeros for the unused
-  weights and hand SGD a zero gradient: SGD then applies weight decay and momentum to weights
-  the single-process run leaves alone (SGD skips a parameter whose grad is None).
+  every step. DDP would need `find_unused_parameters=True`, which walks the autograd graph
+  every step.
 * Every rank holds bit-identical alpha/beta (their gradients are all-reduced too, and Adam is
   deterministic), so every rank derives the same genotype and the same set of weights has a
   gradient on every rank. `allreduce_grads` therefore averages exactly the parameters whose grad
   is not None, in one flattened all_reduce: the result is the single-process step on the global
-  batch, and the unused weights cost nothing.
+  batch. (The search keeps weight gradients as zero tensors between steps, as the DARTS-family
+  code does, so after their first use all of them take part; docs/design.md.)
 
 BatchNorm statistics are taken over the global batch (`SyncBatchNorm2d`), so a run on W
 processes with per-process batch B/W computes what one process computes with batch B.
@@ -29,7 +28,7 @@ import torch.nn as nn
 
 __all__ = ["init_from_env", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
            "allreduce_sum", "broadcast_params", "broadcast_object", "assert_same_on_all_ranks",
-           "SyncBatchNorm2d", "convert_sync_batchnorm", "per_rank_batch"]
+           "SyncBatchNorm2d", "sync_batch_norm", "convert_sync_batchnorm", "per_rank_batch"]
 
 
 def init_from_env() -> bool:
@@ -152,38 +151,51 @@ class _AllReduceSum(torch.autograd.Function):
         return g
 
 
+def sync_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                    weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                    momentum: float) -> torch.Tensor:
+    """Training-mode BatchNorm over the global batch of all ranks (running statistics updated
+    in place, as F.batch_norm does). Per-channel sums and sums of squares are all-reduced with
+    the differentiable all_reduce, so gradients flow through the global statistics as they do
+    through a single process's."""
+    C = x.shape[1]
+    # Two passes (mean, then the mean squared deviation), each one all-reduce: the one-pass
+    # E[x^2] - mean^2 cancels catastrophically on near-constant channels and the error,
+    # amplified by rsqrt(var + eps), would make the run drift away from a single process's.
+    stats = _AllReduceSum.apply(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), float(x.numel() // C))]))
+    n = stats[-1]
+    mean = stats[:C] / n
+    centred = x - mean.view(1, C, 1, 1)
+    var = _AllReduceSum.apply((centred * centred).sum((0, 2, 3))) / n  # biased: normalises
+    y = centred * torch.rsqrt(var.view(1, C, 1, 1) + eps)
+    if weight is not None:
+        y = y * weight.view(1, C, 1, 1) + bias.view(1, C, 1, 1)
+    if running_mean is not None:
+        with torch.no_grad():
+            count = float(n)
+            unbiased = var * (count / max(count - 1.0, 1.0))
+            running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+    return y
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training-mode statistics cover the global batch of all ranks; works on
-    CPU (gloo) and GPU. Per-channel sums and sums of squares are all-reduced with the
-    differentiable all_reduce, so gradients flow through the global statistics as they do through
-    a single process's. Same parameters, buffers and state_dict keys as nn.BatchNorm2d, so
-    checkpoints move freely between single- and multi-process runs. Eval mode, or a single
-    process, is plain BatchNorm2d."""
+    """BatchNorm2d whose training-mode statistics cover the global batch of all ranks
+    (`sync_batch_norm`); works on CPU (gloo) and GPU. Same parameters, buffers and state_dict
+    keys as nn.BatchNorm2d, so checkpoints move freely between single- and multi-process runs.
+    Eval mode, or a single process, is plain BatchNorm2d."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
-        C = x.shape[1]
-        # Two passes (mean, then the mean squared deviation), each one all-reduce: the one-pass
-        # E[x^2] - mean^2 cancels catastrophically on near-constant channels and the error,
-        # amplified by rsqrt(var + eps), would make the run drift away from a single process's.
-        stats = _AllReduceSum.apply(torch.cat([x.sum((0, 2, 3)), x.new_full((1,), float(x.numel() // C))]))
-        n = stats[-1]
-        mean = stats[:C] / n
-        centred = x - mean.view(1, C, 1, 1)
-        var = _AllReduceSum.apply((centred * centred).sum((0, 2, 3))) / n  # biased: normalises
-        y = centred * torch.rsqrt(var.view(1, C, 1, 1) + self.eps)
-        if self.affine:
-            y = y * self.weight.view(1, C, 1, 1) + self.bias.view(1, C, 1, 1)
+        m = self.momentum
         if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = (1.0 / float(self.num_batches_tracked)) if self.momentum is None else self.momentum
-                count = float(n)
-                unbiased = var * (count / max(count - 1.0, 1.0))
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(unbiased.detach(), alpha=m)
-        return y
+            self.num_batches_tracked.add_(1)
+            if m is None:
+                m = 1.0 / float(self.num_batches_tracked)
+        track = self.track_running_stats
+        return sync_batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
+                               self.weight, self.bias, self.eps, m)
 
 
 def convert_sync_batchnorm(module: nn.Module) -> nn.Module:

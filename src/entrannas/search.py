@@ -20,6 +20,7 @@ from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
 from .config import SearchConfig, from_dict, to_dict
+from .optim import clip_grad_norm_, optimizer_options
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
@@ -63,12 +64,15 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
 
     xt, yt = train_batch
     weights = net.weight_parameters()
-    w_opt.zero_grad(set_to_none=True)
+    # Zeros, not None: a candidate the derived cell did not use this step is still stepped
+    # (momentum, weight decay) like one whose bank row was unused, as in the DARTS-family code;
+    # and the gradient tensors stay put, which a captured CUDA graph needs (docs/design.md).
+    w_opt.zero_grad(set_to_none=False)
     logits = net(xt)
     loss = F.cross_entropy(logits, yt)
     loss.backward(inputs=weights)
     ddp.allreduce_grads(weights)
-    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    clip_grad_norm_(weights, grad_clip)
     w_opt.step()
     return loss.detach(), logits.detach()
 
@@ -120,9 +124,10 @@ class _Search(StepAccounting):
             ddp.convert_sync_batchnorm(self.net)  # statistics over the global batch
         o = cfg.optim
         self.w_opt = torch.optim.SGD(self.net.weight_parameters(), lr=o.lr, momentum=o.momentum,
-                                     weight_decay=o.weight_decay)
+                                     weight_decay=o.weight_decay, **optimizer_options(self.device))
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=o.arch_lr,
-                                      betas=tuple(o.arch_betas), weight_decay=o.arch_weight_decay)
+                                      betas=tuple(o.arch_betas), weight_decay=o.arch_weight_decay,
+                                      **optimizer_options(self.device))
         # Position: `step` batches of epoch `epoch` are done; `partial` sums their loss,
         # correct predictions and images so a resumed epoch reports the same metrics.
         self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0

@@ -14,6 +14,7 @@ import torch.nn as nn
 from .arch import (EDGES, NUM_NODES, Selection, Temperature, derive_dst, derive_top2,
                    dst_coefficients, dst_regulariser, edge_index, softmax_t)
 from .cells import EngineCell, TransitCell
+from .opbank import BankedCell
 from .ops import op_names
 
 __all__ = ["SuperNet", "METHOD_DEFAULTS", "resolve_engine_cells", "ArchState"]
@@ -80,7 +81,7 @@ class SuperNet(nn.Module):
                  stem: str = "cifar", engine_cells=None, feature_sharing: bool | None = None,
                  bottleneck: int | None = None, tau0: float | None = None,
                  tau_decay: float | None = None, derivation: str | None = None,
-                 dst_lambda: float = 0.1, stem_multiplier: int = 3):
+                 dst_lambda: float = 0.1, stem_multiplier: int = 3, batched: bool = True):
         super().__init__()
         if method not in METHOD_DEFAULTS:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_DEFAULTS)}")
@@ -110,6 +111,7 @@ class SuperNet(nn.Module):
         self.op_names = op_names(space, include_none=self.derivation != "dst")
         self.none_index = self.op_names.index("none") if "none" in self.op_names else None
         self.engine_cells = resolve_engine_cells(cfg["engine_cells"], layers)
+        self.batched = batched
 
         self._build_stem(in_channels, C, stem_multiplier)
         red = reduction_layers(layers)
@@ -122,7 +124,9 @@ class SuperNet(nn.Module):
             reduction = c in red
             if reduction:
                 C_curr *= 2
-            cls = EngineCell if c in self.engine_cells else TransitCell
+            # Op banks (opbank.py) by default; `batched=False` builds the one-call-per-op cells
+            # of cells.py, the reference the banks are tested against.
+            cls = BankedCell if batched else (EngineCell if c in self.engine_cells else TransitCell)
             self.cells.append(cls(self.op_names, C_pp, C_p, C_curr, reduction, reduction_prev,
                                   self.feature_sharing, self.bottleneck))
             reduction_prev = reduction
@@ -241,14 +245,30 @@ class SuperNet(nn.Module):
         else:
             s0 = self.stem0(x)
             s1 = self.stem1(s0)
-        for cell in self.cells:
+        for c, cell in enumerate(self.cells):
             t = "reduce" if cell.reduction else "normal"
-            if child or isinstance(cell, TransitCell):
+            if child or c not in self.engine_cells:
                 out = cell.forward_transit(s0, s1, state.selection[t])
             else:
                 out = cell.forward_engine(s0, s1, state.coeff[t], state.active[t])
             s0, s1 = s1, out
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def is_engine(self, c: int) -> bool:
+        """Whether cell c is an Engine-cell (the others are Transit-cells)."""
+        return c in self.engine_cells
+
+    @torch.no_grad()
+    def load_from_plain(self, plain: "SuperNet") -> "SuperNet":
+        """Copy a `batched=False` super-net's weights into this batched one (same switches):
+        both then compute the same function, which the tests check."""
+        own = self.state_dict()
+        for k, v in plain.state_dict().items():
+            if k in own and not k.startswith("cells."):
+                own[k].copy_(v)
+        for mine, theirs in zip(self.cells, plain.cells):
+            mine.load_from_plain(theirs)
+        return self
 
     def extra_repr(self) -> str:
         return (f"method={self.method}, space={self.space}, engine_cells={list(self.engine_cells)}, "

@@ -27,6 +27,7 @@ from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
 from .config import TrainConfig, from_dict, to_dict
 from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
+from .optim import clip_grad_norm_, optimizer_options
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .measure import count_macs, count_params
@@ -84,7 +85,7 @@ def train_step(net, opt: torch.optim.Optimizer, x, y, cfg: TrainConfig):
         raise FloatingPointError(f"the training loss became {value}")
     loss.backward()
     ddp.allreduce_grads(net.parameters())
-    torch.nn.utils.clip_grad_norm_(net.parameters(), o.grad_clip)
+    clip_grad_norm_(net.parameters(), o.grad_clip)
     opt.step()
     return loss.detach(), logits.detach()
 
@@ -128,7 +129,7 @@ class _Training(StepAccounting):
             ddp.convert_sync_batchnorm(self.net)  # statistics over the global batch
         o = cfg.optim
         self.opt = torch.optim.SGD(self.net.parameters(), lr=o.lr, momentum=o.momentum,
-                                   weight_decay=o.weight_decay)
+                                   weight_decay=o.weight_decay, **optimizer_options(self.device))
         # Position: `step` batches of epoch `epoch` are done; `partial` sums their loss,
         # correct predictions and images so a resumed epoch reports the same metrics.
         self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0

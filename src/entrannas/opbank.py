@@ -1,0 +1,622 @@
+"""Op banks: how a search cell runs its candidate ops in few, large calls.
+
+`cells.py` says *what* an Engine-cell and a Transit-cell compute (one call per op); this module
+computes the same thing batched. Every candidate op is per-channel in its grouping (depthwise
+convolutions, 1x1 convolutions per op instance, affine-free BatchNorm), so the instances of one
+op type applied to sources that are ready at the same point of a cell run as one call on the
+channel-concatenated sources:
+
+* depthwise convolutions as one depthwise call over all rows' channels;
+* the per-instance 1x1 (and kxk) convolutions as one grouped convolution, a group per instance;
+* affine-free BatchNorm as one call, since per-channel statistics do not change when channels
+  are concatenated.
+
+Each op type's weights are stored stacked, one row per op instance ("unit": a source node with
+feature sharing, an edge without), in the order sources become ready, so the rows one call
+needs are usually a contiguous range (a view); a Transit-cell's selection gathers its rows
+otherwise. Gradients land on the rows that were used; the other rows get zeros (see
+docs/design.md: SGD's momentum and weight decay then act on them, as in the DARTS-family code).
+
+A cell has four ready points: sources 0 and 1 (the cell inputs), then nodes 2, 3 and 4 as they
+complete. At each point the Engine-cell mixes every computed block (op output of one row) into
+all later nodes with one matrix product of the coefficients (eqs. 1 and 6); a Transit-cell adds
+the selected blocks unweighted. What runs at each point is a `Plan`, built once per derived
+architecture and cached.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import distributed as ddp
+from .arch import EDGES, NUM_NODES, Selection, edge_index
+from .ops import FactorizedReduce, ReLUConvBN
+
+__all__ = ["BankedCell", "bank_rows", "plan_cache_info", "clear_plan_cache"]
+
+POINT_SOURCES = ((0, 1), (2,), (3,), (4,))  # sources whose ops run at each ready point
+
+
+def bank_rows(feature_sharing: bool) -> list[tuple[int, int | None]]:
+    """The units of a cell in bank-row order: (source, target) per row; target is None with
+    feature sharing (a unit is a source node, eq. 6), else the edge's node (eq. 1). Rows are
+    ordered by the point their source becomes ready, so each point's rows are contiguous."""
+    if feature_sharing:
+        return [(i, None) for i in range(1 + NUM_NODES)]
+    return sorted(EDGES, key=lambda e: (max(e[0], 1), e[1], e[0]))
+
+
+# -- rows of a stacked tensor ------------------------------------------------------------------
+# A bank stores each weight once per ready point ("segment"), already in the layout of the
+# grouped convolution that point runs: [rows * C_out, C_in / groups, kh, kw]. An Engine-cell
+# uses a segment whole (no view, no copy); a Transit-cell takes the rows it selected.
+def segments(feature_sharing: bool) -> list[int]:
+    """Rows per ready point of an op bank."""
+    sizes = [0] * len(POINT_SOURCES)
+    for i, _ in bank_rows(feature_sharing):
+        sizes[_point_of(i)] += 1
+    return sizes
+
+
+def _point_of(source: int) -> int:
+    return max(source - 1, 0)
+
+
+class Rows:
+    """Which rows of one segment a call uses: all of them, a range (a view) or a gather."""
+
+    def __init__(self, segment: int, rows: tuple[int, ...], size: int, device: torch.device):
+        self.segment, self.rows, self.count, self.device = segment, rows, len(rows), device
+        self.start = rows[0]
+        self.full = rows == tuple(range(size))
+        self.contiguous = rows == tuple(range(rows[0], rows[0] + len(rows)))
+        self._index: dict[int, torch.Tensor] = {}
+
+    def take(self, t: torch.Tensor, width: int) -> torch.Tensor:
+        """The rows of a segment tensor whose dim 0 holds `width` entries per row."""
+        if self.full:
+            return t
+        if self.contiguous:
+            return t.narrow(0, self.start * width, self.count * width)
+        return t.index_select(0, self.index(width))
+
+    def index(self, width: int) -> torch.Tensor:
+        if width not in self._index:  # built once per plan, never per step
+            self._index[width] = torch.tensor([r * width + c for r in self.rows for c in range(width)],
+                                              device=self.device)
+        return self._index[width]
+
+
+# -- BatchNorm on stacked statistics ------------------------------------------------------------
+def bank_batch_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, rows: Rows, width: int,
+                    training: bool, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """Affine-free BatchNorm of the rows' channels with the rows' running statistics (updated in
+    place for a range, written back for a gather). Under torchrun the statistics cover the
+    global batch, as SyncBatchNorm2d's do."""
+    rm, rv = rows.take(mean, width), rows.take(var, width)
+    if training and ddp.active():
+        y = ddp.sync_batch_norm(x, rm, rv, None, None, eps, momentum)
+    else:
+        y = F.batch_norm(x, rm, rv, None, None, training, momentum, eps)
+    if training and not rows.contiguous:
+        with torch.no_grad():
+            mean.index_copy_(0, rows.index(width), rm)
+            var.index_copy_(0, rows.index(width), rv)
+    return y
+
+
+def _init_uniform(t: torch.Tensor, fan_in: int) -> torch.Tensor:
+    # nn.Conv2d's default (kaiming_uniform with a=sqrt(5)) is U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        return t.uniform_(-bound, bound)
+
+
+class _Segmented(nn.Module):
+    """Weights and BatchNorm statistics stacked per segment (ready point)."""
+
+    def __init__(self, sizes: list[int], C: int):
+        super().__init__()
+        self.sizes, self.C = list(sizes), C
+
+    def _weight(self, name: str, C_out: int, C_in: int, kh: int, kw: int, sizes=None) -> None:
+        for s, n in enumerate(sizes or self.sizes):
+            if n:
+                p = nn.Parameter(torch.empty(n * C_out, C_in, kh, kw))
+                self.register_parameter(f"{name}{s}", _init_uniform(p, C_in * kh * kw))
+
+    def _stats(self, name: str, sizes=None) -> None:
+        for s, n in enumerate(sizes or self.sizes):
+            if n:
+                self.register_buffer(f"{name}_mean{s}", torch.zeros(n * self.C))
+                self.register_buffer(f"{name}_var{s}", torch.ones(n * self.C))
+
+    def _w(self, name: str, rows: Rows, width: int | None = None) -> torch.Tensor:
+        return rows.take(getattr(self, f"{name}{rows.segment}"), width or self.C)
+
+    def _conv(self, name: str, x, rows: Rows, stride=1, padding=0, dilation=1, depthwise=False):
+        """One (grouped) convolution over the rows' channel blocks: a group per row, or per
+        channel for a depthwise convolution."""
+        w = self._w(name, rows)
+        groups = w.shape[0] if depthwise else rows.count
+        return F.conv2d(x, w, None, stride, padding, dilation, groups)
+
+    def _bn(self, name: str, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+        s = rows.segment
+        return bank_batch_norm(x, getattr(self, f"{name}_mean{s}"), getattr(self, f"{name}_var{s}"),
+                               rows, self.C, self.training)
+
+
+
+class _Bank(_Segmented):
+    """One op type's instances over all units of a cell."""
+
+    def needs_relu(self, stride: int) -> bool:
+        """Whether the op starts with a ReLU of its input (shared by the ops of one point)."""
+        return True
+
+
+class SepBank(_Bank):
+    """sep_conv_kxk: (ReLU, depthwise k, 1x1, BN) twice; the stride is on the first."""
+
+    def __init__(self, sizes, C: int, k: int):
+        super().__init__(sizes, C)
+        self.pad = k // 2
+        for s in ("1", "2"):
+            self._weight(f"dw{s}_", C, 1, k, k)
+            self._weight(f"pw{s}_", C, C, 1, 1)
+            self._stats(f"bn{s}")
+
+    def forward(self, xr, rows: Rows, stride: int, engine: bool):
+        h = self._conv("dw1_", xr, rows, stride, self.pad, depthwise=True)
+        h = self._bn("bn1", self._conv("pw1_", h, rows), rows)
+        h = self._conv("dw2_", torch.relu(h), rows, 1, self.pad, depthwise=True)
+        return self._bn("bn2", self._conv("pw2_", h, rows), rows)
+
+
+class DilBank(_Bank):
+    """dil_conv_kxk: ReLU, dilated depthwise k (dilation 2), 1x1, BN."""
+
+    def __init__(self, sizes, C: int, k: int):
+        super().__init__(sizes, C)
+        self.pad = k - 1
+        self._weight("dw", C, 1, k, k)
+        self._weight("pw", C, C, 1, 1)
+        self._stats("bn")
+
+    def forward(self, xr, rows: Rows, stride: int, engine: bool):
+        h = self._conv("dw", xr, rows, stride, self.pad, dilation=2, depthwise=True)
+        return self._bn("bn", self._conv("pw", h, rows), rows)
+
+
+class ConvBank(_Bank):
+    """conv_kxk of the extended space: ReLU, kxk convolution, BN."""
+
+    def __init__(self, sizes, C: int, k: int):
+        super().__init__(sizes, C)
+        self.pad = k // 2
+        self._weight("w", C, C, k, k)
+        self._stats("bn")
+
+    def forward(self, xr, rows: Rows, stride: int, engine: bool):
+        return self._bn("bn", self._conv("w", xr, rows, stride, self.pad), rows)
+
+
+class FactorizedBank(_Bank):
+    """conv_1xk_kx1 of the extended space: ReLU, 1xk, kx1, BN."""
+
+    def __init__(self, sizes, C: int, k: int):
+        super().__init__(sizes, C)
+        self.k = k
+        self._weight("w1_", C, C, 1, k)
+        self._weight("w2_", C, C, k, 1)
+        self._stats("bn")
+
+    def forward(self, xr, rows: Rows, stride: int, engine: bool):
+        h = self._conv("w1_", xr, rows, (1, stride), (0, self.k // 2))
+        return self._bn("bn", self._conv("w2_", h, rows, (stride, 1), (self.k // 2, 0)), rows)
+
+
+class SkipBank(_Bank):
+    """skip_connect: identity at stride 1; at stride 2 (a reduction cell's sources 0 and 1)
+    DARTS' FactorizedReduce: ReLU, two offset 1x1 convs, BN."""
+
+    def __init__(self, sizes, C: int, reduction: bool):
+        super().__init__(sizes, C)
+        if reduction and C % 2:
+            raise ValueError(f"FactorizedReduce needs an even number of channels, got {C}")
+        if reduction:
+            # Per row, both branches' C/2 outputs: adjacent groups of one grouped convolution,
+            # so the output keeps FactorizedReduce's channel order.
+            first = [sizes[0]] + [0] * (len(sizes) - 1)
+            self._weight("w", C, C, 1, 1, first)
+            self._stats("bn", first)
+
+    def needs_relu(self, stride: int) -> bool:  # only FactorizedReduce starts with a ReLU
+        return stride == 2
+
+    def forward(self, x, rows: Rows, stride: int, engine: bool):
+        if stride == 1:
+            return x
+        B, GC, H, W = x.shape
+        G = GC // self.C
+        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
+        if odd.shape[-2:] != even.shape[-2:]:  # odd sizes: pad the offset branch (ops.py)
+            odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
+        h, w = even.shape[-2:]
+        both = torch.stack([even.reshape(B, G, self.C, h, w), odd.reshape(B, G, self.C, h, w)], 2)
+        y = F.conv2d(both.reshape(B, 2 * GC, h, w), self._w("w", rows), None, 1, 0, 1, 2 * G)
+        return self._bn("bn", y, rows)
+
+
+class PoolBank(_Bank):
+    """max/avg_pool_3x3. An Engine-cell normalises pool outputs before mixing them with BN'd
+    conv outputs (DARTS); a Transit-cell runs the plain pool, like the target-net cell."""
+
+    def __init__(self, sizes, C: int, kind: str):
+        super().__init__(sizes, C)
+        self.kind = kind
+        self._stats("bn")
+
+    def needs_relu(self, stride: int) -> bool:
+        return False
+
+    def forward(self, x, rows: Rows, stride: int, engine: bool):
+        if self.kind == "max":
+            y = F.max_pool2d(x, 3, stride, 1)
+        else:
+            y = F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+        return self._bn("bn", y, rows) if engine else y
+
+
+def build_bank(name: str, sizes: list[int], C: int, reduction: bool) -> _Bank:
+    if name == "skip_connect":
+        return SkipBank(sizes, C, reduction)
+    if name in ("max_pool_3x3", "avg_pool_3x3"):
+        return PoolBank(sizes, C, name[:3])
+    k = int(name.rsplit("_", 1)[1][0])
+    if name.startswith("sep_conv"):
+        return SepBank(sizes, C, k)
+    if name.startswith("dil_conv"):
+        return DilBank(sizes, C, k)
+    if name in ("conv_1x1", "conv_3x3"):
+        return ConvBank(sizes, C, k)
+    if name.startswith("conv_1x") and name.count("x") == 2:  # conv_1xk_kx1
+        return FactorizedBank(sizes, C, int(name.split("_")[1][2:]))
+    raise ValueError(f"no op bank for operation {name!r}")
+
+
+class ProjectionBank(_Segmented):
+    """The bottleneck's 1x1 conv + affine-free BN per source (squeeze) or node (expand)."""
+
+    def __init__(self, sizes: list[int], C_in: int, C_out: int):
+        super().__init__(sizes, C_out)
+        self._weight("w", C_out, C_in, 1, 1)
+        self._stats("bn")
+
+    def forward(self, x, rows: Rows):
+        return self._bn("bn", self._conv("w", x, rows), rows)
+
+
+# -- plans: what runs at each ready point ------------------------------------------------------
+@dataclass
+class Group:
+    op: int  # index into the cell's op names
+    rows: Rows  # bank rows
+    inputs: tuple[int, ...]  # for each row, the position of its source among the point's inputs
+
+
+@dataclass
+class Mix:
+    """Engine mixing of a run of blocks into target nodes: P = W @ Z[blocks] (eqs. 1, 6)."""
+    targets: tuple[int, ...]
+    start: int
+    count: int
+    coeff_index: torch.Tensor  # [len(targets), count] into the padded flat coefficients
+
+
+@dataclass
+class Point:
+    sources: tuple[int, ...]  # nodes feeding this point's ops, in input order
+    squeeze: Rows  # their rows in the bottleneck's squeeze bank
+    groups: list[Group]
+    stacked: bool  # Engine: all groups share their rows, blocks ordered (row, op)
+    mixes: list[Mix]  # Engine only
+    adds: dict[int, list[tuple[int, int]]]  # Transit: node -> [(group, block within group)]
+
+
+@dataclass
+class Plan:
+    points: list[Point | None]
+
+
+_PLANS: OrderedDict = OrderedDict()
+_PLAN_LIMIT = 1024  # plans are tiny; the bound keeps an ever-changing selection from growing it
+_stats = {"hits": 0, "misses": 0}
+
+
+def plan_cache_info() -> dict:
+    return {**_stats, "size": len(_PLANS)}
+
+
+def clear_plan_cache() -> None:
+    _PLANS.clear()
+    _stats.update(hits=0, misses=0)
+
+
+def get_plan(sharing: bool, n_ops: int, engine: bool, pairs: tuple, device: torch.device) -> Plan:
+    """The cached plan for computing `pairs` ((node j, source i, op k) triples, with a count
+    for Transit duplicates) in a cell of this layout."""
+    key = (sharing, n_ops, engine, pairs, str(device))
+    plan = _PLANS.get(key)
+    if plan is not None:
+        _stats["hits"] += 1
+        _PLANS.move_to_end(key)
+        return plan
+    _stats["misses"] += 1
+    plan = _build_plan(sharing, n_ops, engine, pairs, device)
+    _PLANS[key] = plan
+    if len(_PLANS) > _PLAN_LIMIT:
+        _PLANS.popitem(last=False)
+    return plan
+
+
+def _build_plan(sharing, n_ops, engine, pairs, device) -> Plan:
+    units = bank_rows(sharing)
+    sizes = segments(sharing)
+    # A unit's (ready point, row within that point's segment).
+    where, seen = {}, [0] * len(sizes)
+    for i, j in units:
+        p = _point_of(i)
+        where[(i, j)] = (p, seen[p])
+        seen[p] += 1
+    place = (lambda i, j: where[(i, None)]) if sharing else (lambda i, j: where[(i, j)])
+    pad = len(EDGES) * n_ops  # index of the zero appended to the flat coefficients
+    points: list[Point | None] = []
+    for p, sources in enumerate(POINT_SOURCES):
+        mine = [(j, i, k) for (j, i, k) in pairs if i in sources]
+        if not mine:
+            points.append(None)
+            continue
+        used = tuple(s for s in sources if any(i == s for _, i, _ in mine))
+        # (op, row) -> (source, [target nodes]); every block is computed once.
+        blocks: dict[tuple[int, int], tuple[int, list[int]]] = {}
+        for j, i, k in mine:
+            blocks.setdefault((k, place(i, j)[1]), (i, []))[1].append(j)
+        by_op: dict[int, list[int]] = {}
+        for (k, r) in sorted(blocks):
+            by_op.setdefault(k, []).append(r)
+        groups = [Group(k, Rows(p, tuple(rows), sizes[p], device),
+                        tuple(used.index(blocks[(k, r)][0]) for r in rows))
+                  for k, rows in sorted(by_op.items())]
+        squeeze = Rows(p, tuple(s - POINT_SOURCES[p][0] for s in used), len(sources), device)
+        point = Point(used, squeeze, groups, engine and len({g.rows.rows for g in groups}) == 1, [], {})
+        if engine:
+            _engine_mixes(point, blocks, sharing, n_ops, pad, device)
+        else:
+            for gi, g in enumerate(groups):
+                for b, r in enumerate(g.rows.rows):
+                    for j in blocks[(g.op, r)][1]:
+                        point.adds.setdefault(j, []).append((gi, b))
+        points.append(point)
+    return Plan(points)
+
+
+def _engine_mixes(point: Point, blocks, sharing, n_ops, pad, device) -> None:
+    # Block order in Z: (row, op) when every group has the same rows (stacked), else (op, row).
+    if point.stacked:
+        order = [(g.op, r) for r in point.groups[0].rows.rows for g in point.groups]
+    else:
+        order = [(g.op, r) for g in point.groups for r in g.rows.rows]
+    targets_of = {b: sorted(set(blocks[b][1])) for b in order}
+
+    def index(targets, run):
+        return torch.tensor([[edge_index(blocks[b][0], j) * n_ops + b[0] if j in targets_of[b] else pad
+                              for b in run] for j in targets], device=device)
+
+    all_targets = sorted({j for b in order for j in targets_of[b]})
+    if sharing or not point.stacked:
+        point.mixes.append(Mix(tuple(all_targets), 0, len(order), index(all_targets, order)))
+        return
+    # Without sharing a block feeds one node: one product per node over its contiguous rows.
+    for j in all_targets:
+        run = [n for n, b in enumerate(order) if j in targets_of[b]]
+        start, count = run[0], len(run)
+        assert run == list(range(start, start + count))
+        point.mixes.append(Mix((j,), start, count, index((j,), order[start:start + count])))
+
+
+# -- the cell --------------------------------------------------------------------------------
+class BankedCell(nn.Module):
+    """A search cell whose ops live in banks; computes what cells.SearchCell computes.
+
+    Same constructor as SearchCell; `forward_engine` and `forward_transit` take the same
+    arguments and give the same outputs and gradients (tests/test_opbank.py).
+    """
+
+    def __init__(self, op_names: tuple[str, ...], C_prev_prev: int, C_prev: int, C: int,
+                 reduction: bool, reduction_prev: bool, feature_sharing: bool = False,
+                 bottleneck: int = 1):
+        super().__init__()
+        if C % bottleneck:
+            raise ValueError(f"bottleneck ratio {bottleneck} must divide the cell width {C}")
+        self.op_names = tuple(op_names)
+        self.reduction = reduction
+        self.feature_sharing = feature_sharing
+        self.bottleneck = bottleneck
+        self.multiplier = NUM_NODES
+        self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
+                            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.C, self.C_op = C, C // bottleneck
+        if bottleneck > 1:
+            self.squeeze = ProjectionBank([len(s) for s in POINT_SOURCES], C, self.C_op)
+            self.expand = ProjectionBank([1] * NUM_NODES, self.C_op, C)
+        sizes = segments(feature_sharing)
+        self.banks = nn.ModuleDict({name: build_bank(name, sizes, self.C_op, reduction)
+                                    for name in self.op_names if name != "none"})
+        self._bank_list = [self.banks[n] if n != "none" else None for n in self.op_names]
+        self._cache: dict = {}  # small device tensors, each built once
+        # The unit (cells.py numbering: source i with sharing, else edge index) of each row.
+        self.units: list[list[int]] = [[] for _ in POINT_SOURCES]
+        for i, j in bank_rows(feature_sharing):
+            self.units[_point_of(i)].append(i if feature_sharing else edge_index(i, j))
+
+    # -- the two modes ----------------------------------------------------------------------
+    def forward_engine(self, s0, s1, coeff: torch.Tensor, active: list[list[int]]):
+        """Engine-cell (eqs. 1 and 6), batched; see cells.SearchCell.forward_engine."""
+        if self.feature_sharing:
+            want = [sorted({k for j in range(max(i + 1, 2), 2 + NUM_NODES) for k in active[edge_index(i, j)]})
+                    for i in range(1 + NUM_NODES)]
+            pairs = tuple((j, i, k) for j in range(2, 2 + NUM_NODES) for i in range(j) for k in want[i])
+        else:
+            pairs = tuple((j, i, k) for j in range(2, 2 + NUM_NODES) for i in range(j)
+                          for k in active[edge_index(i, j)])
+        plan = get_plan(self.feature_sharing, len(self.op_names), True, pairs, coeff.device)
+        flat = F.pad(coeff.reshape(-1), (0, 1))  # a trailing zero for blocks that skip a node
+        return self._run(s0, s1, plan, flat)
+
+    def forward_transit(self, s0, s1, selection: Selection):
+        """Transit-cell (eq. 6), batched: only the selected (source, op) pairs run, once each."""
+        pairs = tuple((m + 2, i, k) for m, node in enumerate(selection) for i, k in node)
+        plan = get_plan(self.feature_sharing, len(self.op_names), False, pairs, s0.device)
+        return self._run(s0, s1, plan, None)
+
+    # -- shared machinery -------------------------------------------------------------------
+    def _run(self, s0, s1, plan: Plan, flat_coeff):
+        x = [self.preprocess0(s0), self.preprocess1(s1)]
+        states = list(x)
+        acc: dict[int, torch.Tensor] = {}
+        for p, point in enumerate(plan.points):
+            if point is not None:
+                S = self._point_input(x if p == 0 else [states[p + 1]], point, p)
+                stride = 2 if self.reduction and p == 0 else 1
+                self._run_point(S, point, stride, flat_coeff, acc)
+            j = p + 2  # node j has all its inputs now
+            if j not in acc:
+                raise ValueError(f"node {j} of the cell has no input in this architecture")
+            node = acc.pop(j)
+            if self.bottleneck > 1:
+                node = self.expand(node, self._one_row(j - 2, node.device))
+            states.append(node)
+        return torch.cat(states[2:], dim=1)
+
+    def _one_row(self, segment: int, device) -> Rows:
+        key = ("row", segment, str(device))
+        if key not in self._cache:
+            self._cache[key] = Rows(segment, (0,), 1, device)
+        return self._cache[key]
+
+    def _point_input(self, nodes, point: Point, p: int) -> torch.Tensor:
+        """The point's used sources, channel-concatenated, squeezed by the bottleneck."""
+        offset = POINT_SOURCES[p][0]
+        feats = [nodes[s - offset] for s in point.sources]
+        if self.bottleneck > 1:
+            X = feats[0] if len(feats) == 1 else torch.cat(feats, 1)
+            return self.squeeze(X, point.squeeze)
+        return feats[0] if len(feats) == 1 else torch.cat(feats, 1)
+
+    def _run_point(self, S, point: Point, stride: int, flat_coeff, acc) -> None:
+        engine = flat_coeff is not None
+        relu = any(self._bank_list[g.op].needs_relu(stride) for g in point.groups)
+        feats = {False: S, True: torch.relu(S) if relu else None}  # one ReLU, shared by the ops
+        inputs: dict = {}  # (relu'd?, source positions) -> the rows' inputs, built once per point
+        outs = []
+        for g in point.groups:
+            bank = self._bank_list[g.op]
+            key = (bank.needs_relu(stride), g.inputs)
+            if key not in inputs:
+                inputs[key] = self._gather(feats[key[0]], g.inputs, len(point.sources))
+            outs.append(bank(inputs[key], g.rows, stride, engine))
+        if engine:
+            self._mix(outs, point, flat_coeff, acc)
+            return
+        C = self.C_op
+        for j, blocks in point.adds.items():
+            for gi, b in blocks:
+                out = outs[gi]
+                term = out if out.shape[1] == C else out.narrow(1, b * C, C)
+                acc[j] = term if j not in acc else acc[j] + term
+
+    def _gather(self, x: torch.Tensor, positions: tuple[int, ...], n_sources: int) -> torch.Tensor:
+        """The channel blocks of the given source positions (repeated without feature sharing,
+        where every edge of a source is a row of its own)."""
+        C = self.C_op
+        if positions == tuple(range(n_sources)):
+            return x
+        if positions == tuple(range(positions[0], positions[0] + len(positions))):
+            return x.narrow(1, positions[0] * C, len(positions) * C)
+        key = ("gather", positions, str(x.device))
+        if key not in self._cache:
+            self._cache[key] = torch.tensor([q * C + c for q in positions for c in range(C)], device=x.device)
+        return x.index_select(1, self._cache[key])
+
+    def _mix(self, outs, point: Point, flat_coeff, acc) -> None:
+        """acc[j] += sum over blocks of coeff * block, as one matrix product per run of blocks."""
+        B, _, H, W = outs[0].shape
+        D = self.C_op * H * W
+        if point.stacked:  # [B, rows, ops, D]: blocks in (row, op) order
+            Z = torch.stack([o.reshape(B, -1, D) for o in outs], 2).reshape(B, -1, D)
+        else:
+            Z = torch.cat([o.reshape(B, -1, D) for o in outs], 1)
+        for mix in point.mixes:
+            Wm = flat_coeff.take(mix.coeff_index)
+            if Wm.dtype != Z.dtype:  # bf16 autocast: matmul would cast anyway
+                Wm = Wm.to(Z.dtype)
+            z = Z if mix.count == Z.shape[1] else Z.narrow(1, mix.start, mix.count)
+            P = torch.matmul(Wm, z)  # [B, targets, D]
+            for t, j in enumerate(mix.targets):
+                term = P[:, t].view(B, self.C_op, H, W)
+                acc[j] = term if j not in acc else acc[j] + term
+
+    # -- weights from the one-call-per-op cell --------------------------------------------------
+    @torch.no_grad()
+    def load_from_plain(self, plain) -> "BankedCell":
+        """Copy a cells.SearchCell's weights and statistics (same constructor arguments) into
+        the banks, so both compute the same function (the tests compare them)."""
+        self.preprocess0.load_state_dict(plain.preprocess0.state_dict())
+        self.preprocess1.load_state_dict(plain.preprocess1.state_dict())
+        if self.bottleneck > 1:
+            for p, sources in enumerate(POINT_SOURCES):
+                for r, i in enumerate(sources):
+                    _copy_rows(self.squeeze, p, r, self.C_op, {"w": plain.squeeze[i][0].weight},
+                               {"bn": plain.squeeze[i][1]})
+            for m, mod in enumerate(plain.expand):
+                _copy_rows(self.expand, m, 0, self.C, {"w": mod[0].weight}, {"bn": mod[1]})
+        for p, r, u in ((p, r, u) for p, us in enumerate(self.units) for r, u in enumerate(us)):
+            for k, name in enumerate(self.op_names):
+                if name == "none":
+                    continue
+                weights, norms = _plain_parts(plain.ops[u][k], plain.mix_norm[f"{u}_{k}"]
+                                              if f"{u}_{k}" in plain.mix_norm else None)
+                _copy_rows(self.banks[name], p, r, self.C_op, weights, norms)
+        return self
+
+
+def _plain_parts(op: nn.Module, mix_norm: nn.Module | None) -> tuple[dict, dict]:
+    """A cells.py op's weights and BatchNorms, by the names its bank stores them under."""
+    if isinstance(op, FactorizedReduce):  # both branches' output channels, per row
+        return {"w": torch.cat([op.conv_1.weight, op.conv_2.weight])}, {"bn": op.bn}
+    if isinstance(op, nn.Sequential) and isinstance(op[0], nn.Sequential):  # SepConv
+        return ({"dw1_": op[0][1].weight, "pw1_": op[0][2].weight, "dw2_": op[1][1].weight,
+                 "pw2_": op[1][2].weight}, {"bn1": op[0][3], "bn2": op[1][3]})
+    if isinstance(op, nn.Sequential) and len(op) == 4 and op[1].groups > 1:  # DilConv
+        return {"dw": op[1].weight, "pw": op[2].weight}, {"bn": op[3]}
+    if isinstance(op, nn.Sequential) and len(op) == 4:  # FactorizedConv
+        return {"w1_": op[1].weight, "w2_": op[2].weight}, {"bn": op[3]}
+    if isinstance(op, nn.Sequential):  # ReLUConvBN
+        return {"w": op[1].weight}, {"bn": op[2]}
+    return {}, ({"bn": mix_norm} if mix_norm is not None else {})  # pools, identity
+
+
+def _copy_rows(bank: _Segmented, segment: int, r: int, width: int, weights: dict, norms: dict) -> None:
+    for name, w in weights.items():
+        getattr(bank, f"{name}{segment}")[r * width:(r + 1) * width].copy_(w)
+    for name, bn in norms.items():
+        getattr(bank, f"{name}_mean{segment}")[r * bank.C:(r + 1) * bank.C].copy_(bn.running_mean)
+        getattr(bank, f"{name}_var{segment}")[r * bank.C:(r + 1) * bank.C].copy_(bn.running_var)

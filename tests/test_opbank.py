@@ -1,0 +1,208 @@
+"""The op banks compute exactly what the one-call-per-op cells compute: same outputs, input
+gradients, coefficient gradients, weight gradients and BatchNorm statistics (fp32, 1e-5), for
+every op type, Engine- and Transit-cells, with and without feature sharing and the bottleneck."""
+import copy
+
+import pytest
+import torch
+
+from entrannas import SuperNet
+from entrannas.cells import SearchCell
+from entrannas.genotype import Genotype
+from entrannas.opbank import BankedCell, clear_plan_cache, plan_cache_info
+from entrannas.ops import op_names
+from helpers import DST_NODES
+
+TOL = 1e-5
+
+
+def _randomise(module):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, 0.3)
+        for name, b in module.named_buffers():
+            if "running_var" in name:
+                b.uniform_(0.5, 2.0)
+            elif "running_mean" in name:
+                b.normal_(0, 0.2)
+
+
+def _pair(space, sharing, bottleneck, reduction, reduction_prev, C=8):
+    names = op_names(space)
+    plain = SearchCell(names, 12, 12, C, reduction, reduction_prev, sharing, bottleneck)
+    _randomise(plain)
+    bank = BankedCell(names, 12, 12, C, reduction, reduction_prev, sharing, bottleneck).load_from_plain(plain)
+    return names, plain, bank
+
+
+def _rel(a, ref):
+    """Norm-wise relative error against a reference."""
+    a, ref = a.double(), ref.double()
+    return ((a - ref).norm() / ref.norm().clamp(min=1e-30)).item()
+
+
+def _bank_layout_of_plain_grads(plain, bank):
+    """The plain cell's weight gradients in the bank's layout (zeros where plain has none)."""
+    g = copy.deepcopy(plain)  # (deepcopy does not copy .grad)
+    with torch.no_grad():
+        for p, q in zip(plain.parameters(), g.parameters()):
+            q.copy_(p.grad if p.grad is not None else torch.zeros_like(p))
+    return dict(copy.deepcopy(bank).load_from_plain(g).named_parameters())
+
+
+def _results(cell, dtype, run, inputs, coeff, training):
+    """Output, input/coefficient gradients, weight gradients (bank layout for a plain cell) and
+    the running statistics after a forward of a copy of `cell` in `dtype`."""
+    c = copy.deepcopy(cell).to(dtype).train(training)
+    xs = [t.detach().to(dtype).requires_grad_() for t in (*inputs, coeff) if t is not None]
+    out = run(c, *xs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    (out * g.to(dtype)).sum().backward()
+    return {"output": out.detach(), **{f"grad input {n}": x.grad for n, x in enumerate(xs)}}, c
+
+
+def _check(plain, bank, run, inputs, coeff=None):
+    """Both paths against a float64 run of the plain cell, in train and eval mode: in float64
+    they agree to rounding (1e-10); in float32 the batched path is within 1e-5 of the float64
+    result, or no further from it than twice the plain float32 path (a deep weight gradient
+    sums thousands of float32 products, in another order on each path)."""
+    for training in (True, False):
+        ref, ref_cell = _results(plain, torch.float64, run, inputs, coeff, training)
+        p32, p32_cell = _results(plain, torch.float32, run, inputs, coeff, training)
+        b64, b64_cell = _results(bank, torch.float64, run, inputs, coeff, training)
+        b32, b32_cell = _results(bank, torch.float32, run, inputs, coeff, training)
+        mode = "train" if training else "eval"
+        ref_w = _bank_layout_of_plain_grads(ref_cell, b64_cell)
+        p32_w = _bank_layout_of_plain_grads(p32_cell, b32_cell)
+        for name, p in b64_cell.named_parameters():
+            ref[f"grad {name}"] = ref_w[name]
+            p32[f"grad {name}"] = p32_w[name]
+            b64[f"grad {name}"] = p.grad if p.grad is not None else torch.zeros_like(p)
+            q = dict(b32_cell.named_parameters())[name]
+            b32[f"grad {name}"] = q.grad if q.grad is not None else torch.zeros_like(q)
+        # The forward left the same running statistics.
+        ref_stats = dict(copy.deepcopy(b64_cell).load_from_plain(ref_cell).named_buffers())
+        for name, b in b64_cell.named_buffers():
+            if b.is_floating_point():
+                ref[f"buffer {name}"] = ref_stats[name]
+                b64[f"buffer {name}"] = b
+                b32[f"buffer {name}"] = dict(b32_cell.named_buffers())[name]
+                p32[f"buffer {name}"] = ref_stats[name]  # not compared
+        for key, r in ref.items():
+            if r.abs().max() == 0:
+                assert b64[key].abs().max() == 0 and b32[key].abs().max() == 0, f"{key} ({mode})"
+                continue
+            assert _rel(b64[key], r) < 1e-10, f"{key} ({mode}): float64 error {_rel(b64[key], r):.1e}"
+            err, plain_err = _rel(b32[key], r), _rel(p32[key], r)
+            assert err < max(TOL, 2 * plain_err), \
+                f"{key} ({mode}): float32 error {err:.1e}, plain path {plain_err:.1e}"
+
+
+def _inputs(reduction_prev, H=4):
+    s0 = torch.randn(2, 12, 2 * H if reduction_prev else H, 2 * H if reduction_prev else H, requires_grad=True)
+    s1 = torch.randn(2, 12, H, H, requires_grad=True)
+    return s0, s1
+
+
+LAYOUTS = [(True, 1), (False, 1), (True, 4), (False, 4)]
+POSITIONS = [(False, False), (True, False), (False, True)]  # normal, reduction, after a reduction
+
+
+ENGINE_CASES = ([("standard", *layout, *pos) for layout in LAYOUTS for pos in POSITIONS]
+                + [("extended", True, 1, False, False), ("extended", False, 4, True, False)])
+
+
+@pytest.mark.parametrize("space,sharing,bottleneck,reduction,reduction_prev", ENGINE_CASES)
+def test_engine_cell_matches_plain(space, sharing, bottleneck, reduction, reduction_prev):
+    torch.manual_seed(0)
+    names, plain, bank = _pair(space, sharing, bottleneck, reduction, reduction_prev)
+    s0, s1 = _inputs(reduction_prev)
+    coeff = torch.softmax(torch.randn(14, len(names)), -1).requires_grad_()
+    active = [list(range(1, len(names)))] * 14  # every op but `none`
+    _check(plain, bank, lambda c, a, b, k: c.forward_engine(a, b, k, active), (s0, s1), coeff)
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_dst_engine_cell_matches_plain(sharing):
+    """Pruned connections: each edge computes its own subset of ops (the DST engine)."""
+    torch.manual_seed(1)
+    names = op_names("standard", include_none=False)
+    plain = SearchCell(names, 12, 12, 8, False, False, sharing, 4)
+    _randomise(plain)
+    bank = BankedCell(names, 12, 12, 8, False, False, sharing, 4).load_from_plain(plain)
+    s0, s1 = _inputs(False)
+    q = torch.rand(14, len(names))
+    q[q < 0.6] = 0  # prune most (edge, op) pairs; keep one per node at least
+    q[[0, 2, 5, 9], 0] = 0.5
+    coeff = (q / q.sum(-1, keepdim=True).clamp(min=1e-9)).requires_grad_()
+    active = [[k for k in range(len(names)) if q[e, k] > 0] for e in range(14)]
+    assert sum(map(len, active)) < 14 * len(names) // 2
+    _check(plain, bank, lambda c, a, b, k: c.forward_engine(a, b, k, active), (s0, s1), coeff)
+
+
+def _selection(cell, names):
+    return tuple(tuple((i, names.index(op)) for op, i in node) for node in cell.nodes)
+
+
+TRANSIT_CASES = ([(cell, "standard", *layout, red, False) for cell in ("DARTS_V2", "PDARTS", "DST")
+                  for layout in LAYOUTS for red in (False, True)]
+                 + [("DARTS_V2", "standard", *layout, False, True) for layout in ((True, 4), (False, 1))]
+                 + [("DST", "extended", False, 4, True, False)])
+
+
+@pytest.mark.parametrize("cell,space,sharing,bottleneck,reduction,reduction_prev", TRANSIT_CASES)
+def test_transit_cell_matches_plain(cell, space, sharing, bottleneck, reduction, reduction_prev):
+    torch.manual_seed(2)
+    names, plain, bank = _pair(space, sharing, bottleneck, reduction, reduction_prev)
+    if cell == "DST":  # a three-input node and two ops on one edge
+        g = DST_NODES
+    else:
+        g = getattr(Genotype.builtin(cell), "reduce" if reduction else "normal").nodes
+    sel = tuple(tuple((i, names.index(op)) for op, i in node) for node in g)
+    s0, s1 = _inputs(reduction_prev)
+    _check(plain, bank, lambda c, a, b: c.forward_transit(a, b, sel), (s0, s1))
+
+
+def test_extended_ops_in_a_transit_cell_match_plain():
+    torch.manual_seed(3)
+    names, plain, bank = _pair("extended", True, 1, True, False)
+    k = names.index
+    sel = (((0, k("conv_1x1")), (1, k("conv_3x3"))), ((0, k("conv_1x3_3x1")), (2, k("conv_1x5_5x1"))),
+           ((1, k("conv_1x7_7x1")), (3, k("conv_3x3"))), ((4, k("conv_1x1")), (0, k("conv_1x1"))))
+    s0, s1 = _inputs(False)
+    _check(plain, bank, lambda c, a, b: c.forward_transit(a, b, sel), (s0, s1))
+
+
+@pytest.mark.parametrize("method", ["darts", "entrannas", "dst"])
+def test_supernet_matches_plain(method):
+    """The whole super-net: logits and the gradients of alpha/beta and of the input."""
+    torch.manual_seed(4)
+    plain = SuperNet(method=method, C=8, layers=5, batched=False)
+    _randomise(plain)
+    with torch.no_grad():
+        for p in plain.arch_parameters():
+            p.normal_(0, 1)
+    net = SuperNet(method=method, C=8, layers=5).load_from_plain(plain)
+    x = torch.randn(4, 3, 16, 16)
+    for child in (False, True):
+        outs = []
+        for m in (plain, net):
+            m.zero_grad(set_to_none=True)
+            out = m(x, child=child)
+            out.logsumexp(-1).sum().backward()
+            outs.append([out.detach()] + [p.grad.clone() for p in m.arch_parameters() if not child])
+        for a, b in zip(*outs):
+            assert _rel(b, a) < TOL, f"{method} child={child}: error {_rel(b, a):.1e}"
+        assert net.genotype() == plain.genotype()
+
+
+def test_transit_plans_are_cached_and_bounded():
+    clear_plan_cache()
+    net = SuperNet(method="entrannas", C=8, layers=5)
+    x = torch.randn(2, 3, 16, 16)
+    net(x)
+    first = plan_cache_info()
+    net(x)
+    second = plan_cache_info()
+    assert second["misses"] == first["misses"]  # nothing new: every plan was a hit
+    assert second["hits"] > first["hits"]
