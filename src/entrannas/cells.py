@@ -168,13 +168,16 @@ class SearchCell(nn.Module):
         cache: dict[tuple[int, int], torch.Tensor] = {}
         for m, pairs in enumerate(selection):
             j = m + 2
-            edges: dict[int, torch.Tensor] = {}  # input i -> sum of its selected ops
+            acc = None
+            edges: dict[int, torch.Tensor] = {}  # partial channels: input i -> sum of its ops
             for i, k in pairs:
                 key = (self._unit(i, j), k)
                 if key not in cache:
                     cache[key] = self.ops[key[0]][k](self._partial(self._source(states, squeezed, i)))
-                edges[i] = cache[key] if i not in edges else edges[i] + cache[key]
-            acc = None
+                if self.partial_channels > 1:
+                    edges[i] = cache[key] if i not in edges else edges[i] + cache[key]
+                else:
+                    acc = cache[key] if acc is None else acc + cache[key]
             for i, y in edges.items():
                 y = self._join(y, self._source(states, squeezed, i), i)
                 acc = y if acc is None else acc + y
