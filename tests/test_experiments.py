@@ -2,9 +2,11 @@
 end here, and their tables must say what their sub-runs measured."""
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from scipy.stats import kendalltau
 
@@ -23,28 +25,51 @@ TINY = ["data.limit=64", "data.eval_limit=64", "model.C=4", "model.layers=3",
 def test_kendall_matches_scipy_on_its_pairs_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "kendall"
     res = run_experiment("kendall", "cpu", out, overrides=TINY, quiet=True, seeds=3,
-                         methods=["entrannas", "dst"])
-    assert [r["method"] for r in res["rows"]] == ["EnTranNAS", "EnTranNAS-DST"]
+                         methods=["pcdarts", "entrannas"])
+    assert [r["method"] for r in res["rows"]] == ["PC-DARTS", "EnTranNAS"]
     for row in res["rows"]:
         ps = [p for p in res["pairs"] if p["method"] == row["method"]]
         assert sorted(p["seed"] for p in ps) == [0, 1, 2]
-        tau = kendalltau([p["supernet_acc"] for p in ps], [p["retrained_acc"] for p in ps])[0]
+        sx, sy = [p["supernet_acc"] for p in ps], [p["retrained_acc"] for p in ps]
+        tau = kendalltau(sx, sy)[0]
         assert (math.isnan(tau) and math.isnan(row["kendall_tau"])) or row["kendall_tau"] == pytest.approx(tau)
+        if not math.isnan(row["ci_low"]):
+            assert -1 <= row["ci_low"] <= row["ci_high"] <= 1
+        assert row["std_retrained"] == pytest.approx(statistics.stdev(sy))
+        assert row["range_retrained"] == pytest.approx(max(sy) - min(sy))
     # Every pair is what its sub-runs wrote: the search's last val acc, the retraining's test acc.
     p = res["pairs"][0]
-    search = [json.loads(l) for l in (out / "runs/entrannas-s0/metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((out / "runs/retrain-entrannas-s0/summary.json").read_text())
+    search = [json.loads(l) for l in (out / "runs/pcdarts-s0/metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "runs/retrain-pcdarts-s0/summary.json").read_text())
     assert p["supernet_acc"] == search[-1]["val_acc"] and p["retrained_acc"] == summary["test_acc"]
+    assert "edge_weights" in search[-1]  # a PC-DARTS search, not DARTS under another name
+    assert [r["warmup"] for r in search] == [True, False]  # 0.3 of 2 epochs, rounded half up
     # The retraining trains the genotype that search found.
-    found = json.loads((out / "runs/entrannas-s0/genotype.json").read_text())
-    trained = json.loads((out / "runs/retrain-entrannas-s0/genotype.json").read_text())
+    found = json.loads((out / "runs/pcdarts-s0/genotype.json").read_text())
+    trained = json.loads((out / "runs/retrain-pcdarts-s0/genotype.json").read_text())
     assert found["normal"] == trained["normal"] and found["reduce"] == trained["reduce"]
-    assert (out / "kendall.png").stat().st_size > 0 and "Kendall" in (out / "table.md").read_text()
+    # The retraining noise: that genotype again with training seeds 1 and 2.
+    noise = res["noise"]
+    assert [r["train_seed"] for r in noise["runs"]] == [0, 1, 2]
+    accs = []
+    for r in noise["runs"]:
+        run = Path(r["run_dir"])
+        assert json.loads((run / "genotype.json").read_text())["normal"] == found["normal"]
+        assert yaml.safe_load((run / "config.yaml").read_text())["run"]["seed"] == r["train_seed"]
+        accs.append(json.loads((run / "summary.json").read_text())["test_acc"])
+    assert accs == [r["test_acc"] for r in noise["runs"]]
+    assert noise["spread"]["std"] == pytest.approx(statistics.stdev(accs))
+    table = (out / "table.md").read_text()
+    assert "bootstrap 95% interval" in table and "training seeds 0, 1, 2" in table
+    assert (out / "kendall.png").stat().st_size > 0 and "Kendall" in table
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["noise"]["spread"] == pytest.approx(noise["spread"], nan_ok=True)
+    assert saved["rows"][0]["p_value"] == pytest.approx(res["rows"][0]["p_value"], nan_ok=True)
     # Running again finishes nothing twice: every sub-run is reused, the numbers are the same.
     again = run_experiment("kendall", "cpu", out, overrides=TINY, quiet=True, seeds=3,
-                           methods=["entrannas", "dst"])
+                           methods=["pcdarts", "entrannas"])
     assert again["pairs"] == [{**p} for p in res["pairs"]]
-    lines = (out / "runs/entrannas-s0/metrics.jsonl").read_text().splitlines()
+    lines = (out / "runs/pcdarts-s0/metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(search)
 
 
@@ -57,6 +82,10 @@ def test_consistency_runs_each_engine_setting_and_reports_its_child_net(tmp_path
     for r in res["rows"]:
         c = child[r["engine_cells"]]
         assert r["child_acc"] == c["child_acc"] and r["drop"] == pytest.approx(c["supernet_acc"] - c["child_acc"])
+        # The temperature of the search's final epoch, as its metrics recorded it.
+        last = json.loads((out / f"runs/engine-{r['engine_cells']}/metrics.jsonl").read_text().splitlines()[-1])
+        assert r["tau_final_epoch"] == last["tau"] == pytest.approx(c["tau"])
+    assert "tau (final epoch)" in (out / "table.md").read_text()
     # 3 cells: all = 0,1,2; first = the first normal and the first reduction cell.
     assert child["all"]["engine_cells"] == [0, 1, 2] and len(child["first"]["engine_cells"]) < 3
     assert (out / "consistency.png").exists() and (out / "results.json").exists()

@@ -11,7 +11,10 @@ from entrannas.cells import SearchCell
 from entrannas.genotype import Genotype
 from entrannas.opbank import BankedCell, clear_plan_cache, plan_cache_info
 from entrannas.ops import op_names
+from entrannas.genotype import CellGenotype
 from helpers import DST_NODES
+
+DST_CELL = CellGenotype(DST_NODES)
 
 TOL = 1e-5
 
@@ -27,12 +30,12 @@ def _randomise(module):
                 b.normal_(0, 0.2)
 
 
-def _pair(space, sharing, bottleneck, reduction, reduction_prev, C=8):
+def _pair(space, sharing, bottleneck, reduction, reduction_prev, C=8, partial=1):
     names = op_names(space)
-    plain = SearchCell(names, 12, 12, C, reduction, reduction_prev, sharing, bottleneck)
+    args = (names, 12, 12, C, reduction, reduction_prev, sharing, bottleneck, partial)
+    plain = SearchCell(*args)
     _randomise(plain)
-    bank = BankedCell(names, 12, 12, C, reduction, reduction_prev, sharing, bottleneck).load_from_plain(plain)
-    return names, plain, bank
+    return names, plain, BankedCell(*args).load_from_plain(plain)
 
 
 def _rel(a, ref):
@@ -163,6 +166,24 @@ def test_transit_cell_matches_plain(cell, space, sharing, bottleneck, reduction,
     _check(plain, bank, lambda c, a, b: c.forward_transit(a, b, sel), (s0, s1))
 
 
+PARTIAL_CASES = [(False, 1, *pos) for pos in POSITIONS] + [(True, 2, True, False)]
+
+
+@pytest.mark.parametrize("sharing,bottleneck,reduction,reduction_prev", PARTIAL_CASES)
+def test_partial_channel_cells_match_plain(sharing, bottleneck, reduction, reduction_prev):
+    """PC-DARTS: a quarter of the channels through the ops, the bypass joined and shuffled, and
+    edge weights on each edge (Engine); the Transit-cell joins each selected edge once."""
+    torch.manual_seed(5)
+    names, plain, bank = _pair("standard", sharing, bottleneck, reduction, reduction_prev, C=16, partial=4)
+    s0, s1 = _inputs(reduction_prev)
+    coeff = torch.softmax(torch.randn(14, len(names)), -1).requires_grad_()
+    w = torch.rand(14) + 0.1
+    active = [list(range(1, len(names)))] * 14
+    _check(plain, bank, lambda c, a, b, k: c.forward_engine(a, b, k, active, w), (s0, s1), coeff)
+    sel = _selection(Genotype.builtin("PC_DARTS").reduce if reduction else DST_CELL, names)
+    _check(plain, bank, lambda c, a, b: c.forward_transit(a, b, sel), (s0, s1))
+
+
 def test_extended_ops_in_a_transit_cell_match_plain():
     torch.manual_seed(3)
     names, plain, bank = _pair("extended", True, 1, True, False)
@@ -173,16 +194,16 @@ def test_extended_ops_in_a_transit_cell_match_plain():
     _check(plain, bank, lambda c, a, b: c.forward_transit(a, b, sel), (s0, s1))
 
 
-@pytest.mark.parametrize("method", ["darts", "entrannas", "dst"])
+@pytest.mark.parametrize("method", ["darts", "entrannas", "dst", "pcdarts"])
 def test_supernet_matches_plain(method):
     """The whole super-net: logits and the gradients of alpha/beta and of the input."""
     torch.manual_seed(4)
-    plain = SuperNet(method=method, C=8, layers=5, batched=False)
+    plain = SuperNet(method=method, C=8 if method != "pcdarts" else 16, layers=5, batched=False)
     _randomise(plain)
     with torch.no_grad():
         for p in plain.arch_parameters():
             p.normal_(0, 1)
-    net = SuperNet(method=method, C=8, layers=5).load_from_plain(plain)
+    net = SuperNet(method=method, C=plain.C, layers=5).load_from_plain(plain)
     x = torch.randn(4, 3, 16, 16)
     for child in (False, True):
         outs = []

@@ -1,5 +1,6 @@
 """Architecture parameters and derivation: temperature softmax (eq. 5), the DARTS top-2 rule
-(eq. 4), and differentiable sparsification for topology (EnTranNAS-DST, eqs. 7-11).
+(eq. 4), differentiable sparsification for topology (EnTranNAS-DST, eqs. 7-11), and the edge
+normalisation of PC-DARTS (the baseline of Table 2).
 
 Everything here reads alpha/beta only, so deriving a cell every iteration is cheap.
 """
@@ -20,6 +21,8 @@ __all__ = [
     "derive_top2",
     "derive_dst",
     "dst_regulariser",
+    "edge_normalization",
+    "Temperature",
     "temperature",
 ]
 
@@ -82,6 +85,17 @@ def dst_coefficients(alpha: torch.Tensor, beta: torch.Tensor, tau: float = 1.0) 
     return torch.cat(out, dim=0)
 
 
+def edge_normalization(edge_beta: torch.Tensor) -> torch.Tensor:
+    """PC-DARTS' edge weights for one cell type: per intermediate node, a softmax of the
+    edge betas over the node's incoming edges. edge_beta: [14] in DARTS edge order; returns
+    [14], summing to 1 over each node's edges. No temperature: eq. 5 anneals the op choice,
+    and PC-DARTS runs at tau 1 anyway."""
+    if edge_beta.shape != (len(EDGES),):
+        raise ValueError(f"edge betas must have shape [{len(EDGES)}], got {list(edge_beta.shape)}")
+    return torch.cat([torch.softmax(edge_beta[r.start:r.stop], dim=0)
+                      for r in map(node_edges, range(2, 2 + NUM_NODES))])
+
+
 def dst_regulariser(betas: torch.Tensor) -> torch.Tensor:
     """Eq. 11's sparsity term for one cell type: mean over nodes of -log(sigmoid(beta_j)).
 
@@ -126,6 +140,17 @@ class Temperature:
 
     def __call__(self, epoch: float) -> float:
         return self.tau0 * self.decay ** epoch
+
+    @staticmethod
+    def decay_reaching(tau0: float, tau_final: float, epochs: int) -> float:
+        """The decay with tau(epochs - 1) = tau_final: the last epoch ends the annealing where
+        the paper's 50 epochs end it, whatever the epoch count (a compressed schedule, not a
+        truncated one). A single epoch is both first and last: it keeps tau0 (decay 1)."""
+        if tau0 <= 0 or tau_final <= 0:
+            raise ValueError("tau0 and tau_final must be positive")
+        if epochs <= 1:
+            return 1.0
+        return (tau_final / tau0) ** (1.0 / (epochs - 1))
 
 
 def temperature(tau0: float, decay: float, epoch: float) -> float:

@@ -8,6 +8,12 @@ Transit-cells. `EngineCell` and `TransitCell` differ only in what `forward` does
 
 Op instances live in "units": one unit per source node with feature sharing (weights
 w_k^(i), eq. 6), one unit per edge without it (weights w_k^(i,j), eq. 1).
+
+PC-DARTS (the Table 2 baseline) adds two things, kept apart from the above: partial-channel
+connections (`partial_channels` k > 1: the ops see the first 1/k of a source's channels, the
+rest bypass them, downsampled on strided edges, and the edge's output is channel-shuffled in
+k groups; `_partial` and `_join`) and per-edge weights (`edge_weight`, computed by the
+super-net from its edge betas, multiplying each edge's output in an Engine-cell).
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .arch import EDGES, NUM_NODES, Selection, edge_index
+from .layers import channel_shuffle
 from .ops import POOLS, FactorizedReduce, ReLUConvBN, build_op
 
 __all__ = ["SearchCell", "EngineCell", "TransitCell", "ConvBN1x1"]
@@ -31,14 +38,18 @@ class ConvBN1x1(nn.Sequential):
 class SearchCell(nn.Module):
     def __init__(self, op_names: tuple[str, ...], C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool, feature_sharing: bool = False,
-                 bottleneck: int = 1):
+                 bottleneck: int = 1, partial_channels: int = 1):
         super().__init__()
         if C % bottleneck:
             raise ValueError(f"bottleneck ratio {bottleneck} must divide the cell width {C}")
+        if partial_channels < 1 or (C // bottleneck) % partial_channels:
+            raise ValueError(f"partial_channels {partial_channels} must divide the ops' width "
+                             f"{C // bottleneck} (raise C or lower partial_channels)")
         self.op_names = tuple(op_names)
         self.reduction = reduction
         self.feature_sharing = feature_sharing
         self.bottleneck = bottleneck
+        self.partial_channels = partial_channels
         self.multiplier = NUM_NODES
         # Search cells use affine-free BatchNorm, as DARTS does.
         self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
@@ -48,6 +59,11 @@ class SearchCell(nn.Module):
         if bottleneck > 1:
             self.squeeze = nn.ModuleList(ConvBN1x1(C, C_op) for _ in range(1 + NUM_NODES))
             self.expand = nn.ModuleList(ConvBN1x1(C_op, C) for _ in range(NUM_NODES))
+        if partial_channels > 1:
+            # The bypassed channels of a strided edge are downsampled as the ops' output is
+            # (PC-DARTS uses a 2x2 max pool; ceil_mode matches the ops' size on odd maps too).
+            self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+            C_op //= partial_channels
         sources = range(1 + NUM_NODES) if feature_sharing else [i for i, _ in EDGES]
         self.ops = nn.ModuleList(
             nn.ModuleList(build_op(name, C_op, 2 if reduction and i < 2 else 1, affine=False)
@@ -75,17 +91,36 @@ class SearchCell(nn.Module):
             squeezed[i] = self.squeeze[i](states[i])
         return squeezed[i]
 
+    def _partial(self, x):
+        """The channels a source's ops see: all, or the first 1/k with partial channels."""
+        k = self.partial_channels
+        return x if k == 1 else x[:, : x.shape[1] // k]
+
+    def _join(self, y, x, i):
+        """An edge's output from its ops' output y on source x = node i: y itself, or with
+        partial channels y followed by x's bypassed channels, shuffled in k groups."""
+        k = self.partial_channels
+        if k == 1:
+            return y
+        rest = x[:, x.shape[1] // k:]
+        if self.reduction and i < 2:
+            rest = self.bypass_pool(rest)
+        return channel_shuffle(torch.cat([y, rest], dim=1), k)
+
     def _finish(self, states, squeezed, acc, j):
         states.append(self.expand[j - 2](acc) if self.bottleneck > 1 else acc)
         squeezed.append(None)
 
     # -- the two modes -----------------------------------------------------------------------
-    def forward_engine(self, s0, s1, coeff: torch.Tensor, active: list[list[int]]):
+    def forward_engine(self, s0, s1, coeff: torch.Tensor, active: list[list[int]],
+                       edge_weight: torch.Tensor | None = None):
         """Engine-cell: x_j = sum_{i<j} sum_k coeff_k^(i,j) o_k(x_i) (eqs. 1 and 6).
 
         coeff: [14, K] (p for EnTranNAS/DARTS, q_hat for DST); active[e]: the op indices of
         edge e with a non-zero coefficient (never `none`, whose output is zero). Ops off that
         list are not computed at all: their term is exactly zero, and so is its gradient.
+        edge_weight: [14] or None; PC-DARTS' normalised edge weights, multiplying each
+        edge's output (after the partial-channel join).
         """
         states, squeezed = self._inputs(s0, s1), [None, None]
         # Per unit, the op list it computes and the stacked features [n_ops, B, C, H, W].
@@ -102,7 +137,7 @@ class SearchCell(nn.Module):
                 u = self._unit(i, j)
                 if u not in features:
                     ks = want[i] if self.feature_sharing else active[e]
-                    x = self._source(states, squeezed, i)
+                    x = self._partial(self._source(states, squeezed, i))
                     stacked = torch.stack([self._mixed_op(u, k, x) for k in ks])
                     features[u] = (torch.tensor(ks, device=coeff.device), stacked)
                 ks, stacked = features[u]
@@ -111,6 +146,9 @@ class SearchCell(nn.Module):
                 # (Under bf16 autocast the op outputs are bfloat16; tensordot is not an
                 # autocast op, so the coefficients follow the features' dtype.)
                 term = torch.tensordot(coeff[e].index_select(0, ks).to(stacked.dtype), stacked, dims=1)
+                term = self._join(term, self._source(states, squeezed, i), i)
+                if edge_weight is not None:
+                    term = edge_weight[e].to(term.dtype) * term
                 acc = term if acc is None else acc + term
             self._finish(states, squeezed, acc, j)
         return torch.cat(states[2:], dim=1)
@@ -123,18 +161,26 @@ class SearchCell(nn.Module):
         """Transit-cell: x_j = sum_{(i,k) in S_j} o_k(x_i), unweighted (eq. 6).
 
         Computes exactly the derived cell: each selected (source, op) once when features are
-        shared, each selected (edge, op) once otherwise, and nothing else.
+        shared, each selected (edge, op) once otherwise, and nothing else. With partial
+        channels an edge's ops are summed first and joined with its bypass once.
         """
         states, squeezed = self._inputs(s0, s1), [None, None]
         cache: dict[tuple[int, int], torch.Tensor] = {}
         for m, pairs in enumerate(selection):
             j = m + 2
             acc = None
+            edges: dict[int, torch.Tensor] = {}  # partial channels: input i -> sum of its ops
             for i, k in pairs:
                 key = (self._unit(i, j), k)
                 if key not in cache:
-                    cache[key] = self.ops[key[0]][k](self._source(states, squeezed, i))
-                acc = cache[key] if acc is None else acc + cache[key]
+                    cache[key] = self.ops[key[0]][k](self._partial(self._source(states, squeezed, i)))
+                if self.partial_channels > 1:
+                    edges[i] = cache[key] if i not in edges else edges[i] + cache[key]
+                else:
+                    acc = cache[key] if acc is None else acc + cache[key]
+            for i, y in edges.items():
+                y = self._join(y, self._source(states, squeezed, i), i)
+                acc = y if acc is None else acc + y
             self._finish(states, squeezed, acc, j)
         return torch.cat(states[2:], dim=1)
 
@@ -142,8 +188,8 @@ class SearchCell(nn.Module):
 class EngineCell(SearchCell):
     """Carries the whole DAG with mixed ops and drives the architecture search."""
 
-    def forward(self, s0, s1, coeff, active):
-        return self.forward_engine(s0, s1, coeff, active)
+    def forward(self, s0, s1, coeff, active, edge_weight=None):
+        return self.forward_engine(s0, s1, coeff, active, edge_weight)
 
 
 class TransitCell(SearchCell):

@@ -20,9 +20,9 @@ def add_commands(sub) -> None:
                    help="independent sub-runs in parallel processes (threads are split between them)")
     e.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override every sub-run's config, e.g. --set data.data_dir=/data/cifar10")
-    e.add_argument("--seeds", type=int, help="kendall: searches per method (default 6)")
-    e.add_argument("--methods", nargs="+", choices=["darts", "entrannas", "dst"],
-                   help="kendall: which methods (default all three)")
+    e.add_argument("--seeds", type=int, help="kendall: searches per method (default: cpu 8, paper 6)")
+    e.add_argument("--methods", nargs="+", choices=["darts", "pcdarts", "entrannas", "dst"],
+                   help="kendall: which methods (default all four)")
     e.add_argument("--budget-gib", type=float,
                    help="efficiency: the memory budget for the largest batch (cpu 4, paper 11 = GTX 1080 Ti)")
     e.add_argument("--device", help="efficiency: cpu, cuda, cuda:N (default: a GPU if present)")

@@ -49,7 +49,7 @@ class DataConfig:
 
 @dataclass
 class SearchModelConfig:
-    method: Literal["darts", "entrannas", "dst"] = "entrannas"
+    method: Literal["darts", "entrannas", "dst", "pcdarts"] = "entrannas"
     C: int = 16
     layers: int = 8
     space: Literal["standard", "extended"] = "standard"
@@ -60,8 +60,15 @@ class SearchModelConfig:
     bottleneck: int | None = None
     tau0: float | None = None
     tau_decay: float | None = None
+    # Instead of tau_decay: the temperature of the last epoch; the decay follows from
+    # optim.epochs (tau0 * decay ** (epochs - 1) = tau_final), so a shorter run anneals as far.
+    tau_final: float | None = None
     derivation: Literal["top2", "dst"] | None = None
     dst_lambda: float = 0.1
+    # PC-DARTS' switches (null = the method's default): 1/k of the channels through the mixed
+    # op (1 = all), and per-edge betas normalised over each node's inputs.
+    partial_channels: int | None = None
+    edge_normalization: bool | None = None
 
 
 @dataclass
@@ -76,8 +83,11 @@ class SearchOptimConfig:
     arch_lr: float = 6e-4
     arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     arch_weight_decay: float = 1e-3
-    # Epochs that train only the weights before architecture steps start.
+    # Epochs that train only the weights before architecture steps start; or, instead, the
+    # fraction of optim.epochs that does (PC-DARTS' 15 of 50 is 0.3), rounded half up and
+    # leaving at least one architecture epoch.
     warmup_epochs: int = 0
+    warmup_fraction: float | None = None
 
 
 @dataclass
@@ -151,6 +161,9 @@ _CHECKS: dict[str, tuple] = {
     "model.bottleneck": (lambda v: v is None or v >= 1, "null or at least 1"),
     "model.tau0": (lambda v: v is None or v > 0, "null or a positive number"),
     "model.tau_decay": (lambda v: v is None or v > 0, "null or a positive number"),
+    "model.tau_final": (lambda v: v is None or v > 0, "null or a positive number"),
+    "model.partial_channels": (lambda v: v is None or v >= 1, "null or at least 1"),
+    "optim.warmup_fraction": (lambda v: v is None or 0 <= v < 1, "null or a fraction in [0, 1)"),
     "model.dst_lambda": _NONNEG, "model.aux_weight": _NONNEG,
     "model.drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.epochs": _POSITIVE, "optim.batch_size": _POSITIVE, "optim.lr": _POSITIVE,
@@ -161,6 +174,19 @@ _CHECKS: dict[str, tuple] = {
     "optim.arch_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "run.log_every": _POSITIVE, "run.checkpoint_every": _NONNEG,
 }
+
+
+def _check_combinations(cfg) -> None:
+    """Keys that exclude each other (each alone is checked by _CHECKS)."""
+    model, optim = getattr(cfg, "model", None), cfg.optim
+    if getattr(model, "tau_final", None) is not None and model.tau_decay is not None:
+        raise ConfigError(f"model.tau_final = {model.tau_final} and model.tau_decay = "
+                          f"{model.tau_decay} both set the annealing: set model.tau_decay=null "
+                          f"to use tau_final, or drop tau_final")
+    if getattr(optim, "warmup_fraction", None) is not None and optim.warmup_epochs:
+        raise ConfigError(f"optim.warmup_fraction = {optim.warmup_fraction} and "
+                          f"optim.warmup_epochs = {optim.warmup_epochs} both set the warm-up: "
+                          f"set optim.warmup_epochs=0 to use the fraction, or drop it")
 
 
 def presets(kind: str | None = None) -> list[str]:
@@ -237,6 +263,7 @@ def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (
         for part in reversed(path):
             nested = {part: nested}
         _merge(cfg, nested, "")
+    _check_combinations(cfg)
     return cfg
 
 
@@ -328,4 +355,5 @@ def from_dict(raw: dict, kind: str):
     like a YAML file."""
     cfg = KINDS[kind]()
     _merge(cfg, {k: v for k, v in raw.items() if k != "kind"}, "")
+    _check_combinations(cfg)
     return cfg

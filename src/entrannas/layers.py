@@ -1,4 +1,5 @@
-"""Small reusable blocks of the target networks: drop path (stochastic depth per op).
+"""Small reusable blocks: drop path (stochastic depth per op) for the target networks, and
+the channel shuffle of PC-DARTS' partial-channel connections for the search cells.
 
 DARTS regularises the retrained network by dropping whole op outputs per sample; the
 training loop raises the probability linearly from 0 to its final value over the epochs.
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-__all__ = ["drop_path", "DropPath"]
+__all__ = ["drop_path", "DropPath", "channel_shuffle"]
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool = True) -> torch.Tensor:
@@ -40,3 +41,13 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave ``groups`` equal channel groups (ShuffleNet): channel c of group g moves to
+    position c * groups + g. PC-DARTS shuffles after each partial-channel edge so that the
+    next edge's mixed op sees other channels than this one's."""
+    B, C, H, W = x.shape
+    if C % groups:
+        raise ValueError(f"channel shuffle: {C} channels do not split into {groups} groups")
+    return x.reshape(B, groups, C // groups, H, W).transpose(1, 2).reshape(B, C, H, W)

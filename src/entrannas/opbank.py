@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from . import distributed as ddp
 from .arch import EDGES, NUM_NODES, Selection, edge_index
+from .layers import channel_shuffle
 from .ops import FactorizedReduce, ReLUConvBN
 
 __all__ = ["BankedCell", "bank_rows", "plan_cache_info", "clear_plan_cache"]
@@ -328,6 +329,10 @@ class Point:
     stacked: bool  # Engine: all groups share their rows, blocks ordered (row, op)
     mixes: list[Mix]  # Engine only
     adds: dict[int, list[tuple[int, int]]]  # Transit: node -> [(group, block within group)]
+    # Partial channels (PC-DARTS): the bypassed channels of each edge's source join its node.
+    rest_targets: tuple[int, ...] = ()  # Engine: nodes receiving sum_s w(s, j) * rest(s)
+    rest_index: torch.Tensor | None = None  # [targets, sources] into the padded edge weights
+    rest_adds: dict[int, list[int]] | None = None  # Transit: node -> source positions, once each
 
 
 @dataclass
@@ -349,24 +354,25 @@ def clear_plan_cache() -> None:
     _stats.update(hits=0, misses=0)
 
 
-def get_plan(sharing: bool, n_ops: int, engine: bool, pairs: tuple, device: torch.device) -> Plan:
-    """The cached plan for computing `pairs` ((node j, source i, op k) triples, with a count
-    for Transit duplicates) in a cell of this layout."""
-    key = (sharing, n_ops, engine, pairs, str(device))
+def get_plan(sharing: bool, n_ops: int, engine: bool, pairs: tuple, device: torch.device,
+             edges: tuple | None = None) -> Plan:
+    """The cached plan for computing `pairs` ((node j, source i, op k) triples) in a cell of
+    this layout. `edges`: with partial channels, the (i, j) edges whose bypass joins node j."""
+    key = (sharing, n_ops, engine, pairs, edges, str(device))
     plan = _PLANS.get(key)
     if plan is not None:
         _stats["hits"] += 1
         _PLANS.move_to_end(key)
         return plan
     _stats["misses"] += 1
-    plan = _build_plan(sharing, n_ops, engine, pairs, device)
+    plan = _build_plan(sharing, n_ops, engine, pairs, device, edges)
     _PLANS[key] = plan
     if len(_PLANS) > _PLAN_LIMIT:
         _PLANS.popitem(last=False)
     return plan
 
 
-def _build_plan(sharing, n_ops, engine, pairs, device) -> Plan:
+def _build_plan(sharing, n_ops, engine, pairs, device, edges=None) -> Plan:
     units = bank_rows(sharing)
     sizes = segments(sharing)
     # A unit's (ready point, row within that point's segment).
@@ -384,6 +390,7 @@ def _build_plan(sharing, n_ops, engine, pairs, device) -> Plan:
             points.append(None)
             continue
         used = tuple(s for s in sources if any(i == s for _, i, _ in mine))
+        joins = sorted({(i, j) for i, j in edges if i in used}) if edges is not None else []
         # (op, row) -> (source, [target nodes]); every block is computed once.
         blocks: dict[tuple[int, int], tuple[int, list[int]]] = {}
         for j, i, k in mine:
@@ -403,6 +410,14 @@ def _build_plan(sharing, n_ops, engine, pairs, device) -> Plan:
                 for b, r in enumerate(g.rows.rows):
                     for j in blocks[(g.op, r)][1]:
                         point.adds.setdefault(j, []).append((gi, b))
+        if joins and engine:
+            point.rest_targets = tuple(sorted({j for _, j in joins}))
+            point.rest_index = torch.tensor([[edge_index(s, j) if (s, j) in joins else len(EDGES)
+                                              for s in used] for j in point.rest_targets], device=device)
+        elif joins:
+            point.rest_adds = {}
+            for i, j in joins:
+                point.rest_adds.setdefault(j, []).append(used.index(i))
         points.append(point)
     return Plan(points)
 
@@ -441,22 +456,29 @@ class BankedCell(nn.Module):
 
     def __init__(self, op_names: tuple[str, ...], C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool, feature_sharing: bool = False,
-                 bottleneck: int = 1):
+                 bottleneck: int = 1, partial_channels: int = 1):
         super().__init__()
         if C % bottleneck:
             raise ValueError(f"bottleneck ratio {bottleneck} must divide the cell width {C}")
+        if partial_channels < 1 or (C // bottleneck) % partial_channels:
+            raise ValueError(f"partial_channels {partial_channels} must divide the ops' width "
+                             f"{C // bottleneck} (raise C or lower partial_channels)")
         self.op_names = tuple(op_names)
         self.reduction = reduction
         self.feature_sharing = feature_sharing
         self.bottleneck = bottleneck
+        self.partial_channels = partial_channels
         self.multiplier = NUM_NODES
         self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
                             else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
-        self.C, self.C_op = C, C // bottleneck
+        # C_node: a node's width before the bottleneck's expansion; C_op: the ops' width (all of
+        # it, or the first 1/k with partial channels).
+        self.C, self.C_node = C, C // bottleneck
+        self.C_op = self.C_node // partial_channels
         if bottleneck > 1:
-            self.squeeze = ProjectionBank([len(s) for s in POINT_SOURCES], C, self.C_op)
-            self.expand = ProjectionBank([1] * NUM_NODES, self.C_op, C)
+            self.squeeze = ProjectionBank([len(s) for s in POINT_SOURCES], C, self.C_node)
+            self.expand = ProjectionBank([1] * NUM_NODES, self.C_node, C)
         sizes = segments(feature_sharing)
         self.banks = nn.ModuleDict({name: build_bank(name, sizes, self.C_op, reduction)
                                     for name in self.op_names if name != "none"})
@@ -468,8 +490,10 @@ class BankedCell(nn.Module):
             self.units[_point_of(i)].append(i if feature_sharing else edge_index(i, j))
 
     # -- the two modes ----------------------------------------------------------------------
-    def forward_engine(self, s0, s1, coeff: torch.Tensor, active: list[list[int]]):
-        """Engine-cell (eqs. 1 and 6), batched; see cells.SearchCell.forward_engine."""
+    def forward_engine(self, s0, s1, coeff: torch.Tensor, active: list[list[int]],
+                       edge_weight: torch.Tensor | None = None):
+        """Engine-cell (eqs. 1 and 6), batched; see cells.SearchCell.forward_engine. With
+        PC-DARTS' edge weights an edge's ops and its bypass are both scaled by its weight."""
         if self.feature_sharing:
             want = [sorted({k for j in range(max(i + 1, 2), 2 + NUM_NODES) for k in active[edge_index(i, j)]})
                     for i in range(1 + NUM_NODES)]
@@ -477,30 +501,46 @@ class BankedCell(nn.Module):
         else:
             pairs = tuple((j, i, k) for j in range(2, 2 + NUM_NODES) for i in range(j)
                           for k in active[edge_index(i, j)])
-        plan = get_plan(self.feature_sharing, len(self.op_names), True, pairs, coeff.device)
+        edges = (tuple((i, j) for (i, j) in EDGES if active[edge_index(i, j)])
+                 if self.partial_channels > 1 else None)
+        plan = get_plan(self.feature_sharing, len(self.op_names), True, pairs, coeff.device, edges)
+        if edge_weight is not None:
+            coeff = coeff * edge_weight.unsqueeze(-1)
         flat = F.pad(coeff.reshape(-1), (0, 1))  # a trailing zero for blocks that skip a node
-        return self._run(s0, s1, plan, flat)
+        flat_w = None
+        if self.partial_channels > 1:
+            w = edge_weight if edge_weight is not None else coeff.new_ones(len(EDGES))
+            flat_w = F.pad(w, (0, 1))
+        return self._run(s0, s1, plan, flat, flat_w)
 
     def forward_transit(self, s0, s1, selection: Selection):
         """Transit-cell (eq. 6), batched: only the selected (source, op) pairs run, once each."""
         pairs = tuple((m + 2, i, k) for m, node in enumerate(selection) for i, k in node)
-        plan = get_plan(self.feature_sharing, len(self.op_names), False, pairs, s0.device)
-        return self._run(s0, s1, plan, None)
+        edges = (tuple(sorted({(i, m + 2) for m, node in enumerate(selection) for i, _ in node}))
+                 if self.partial_channels > 1 else None)
+        plan = get_plan(self.feature_sharing, len(self.op_names), False, pairs, s0.device, edges)
+        return self._run(s0, s1, plan, None, None)
 
     # -- shared machinery -------------------------------------------------------------------
-    def _run(self, s0, s1, plan: Plan, flat_coeff):
+    def _run(self, s0, s1, plan: Plan, flat_coeff, flat_w):
         x = [self.preprocess0(s0), self.preprocess1(s1)]
         states = list(x)
         acc: dict[int, torch.Tensor] = {}
+        rest: dict[int, torch.Tensor] = {}  # partial channels: the bypassed part of each node
+        k = self.partial_channels
         for p, point in enumerate(plan.points):
             if point is not None:
                 S = self._point_input(x if p == 0 else [states[p + 1]], point, p)
                 stride = 2 if self.reduction and p == 0 else 1
+                if k > 1:
+                    S = self._bypass(S, point, stride, flat_w, rest)
                 self._run_point(S, point, stride, flat_coeff, acc)
             j = p + 2  # node j has all its inputs now
             if j not in acc:
                 raise ValueError(f"node {j} of the cell has no input in this architecture")
             node = acc.pop(j)
+            if k > 1:  # an edge's output is its ops' and its bypass, shuffled in k groups (PC-DARTS)
+                node = channel_shuffle(torch.cat([node, rest.pop(j)], 1), k)
             if self.bottleneck > 1:
                 node = self.expand(node, self._one_row(j - 2, node.device))
             states.append(node)
@@ -520,6 +560,33 @@ class BankedCell(nn.Module):
             X = feats[0] if len(feats) == 1 else torch.cat(feats, 1)
             return self.squeeze(X, point.squeeze)
         return feats[0] if len(feats) == 1 else torch.cat(feats, 1)
+
+    def _bypass(self, S, point: Point, stride: int, flat_w, rest) -> torch.Tensor:
+        """Partial channels: the ops' input (each source's first 1/k channels); the other
+        channels of each source go to the nodes it feeds, downsampled on strided edges, and
+        weighted by the edge weights in an Engine-cell."""
+        n = len(point.sources)
+        per_source = S.unflatten(1, (n, self.C_node))
+        ops_in = per_source[:, :, :self.C_op].flatten(1, 2)
+        R = per_source[:, :, self.C_op:].flatten(1, 2)
+        if stride == 2:
+            R = F.max_pool2d(R, 2, 2, ceil_mode=True)  # as cells.SearchCell's bypass_pool
+        B, _, H, W = R.shape
+        width = self.C_node - self.C_op
+        if point.rest_index is not None:
+            V = flat_w.take(point.rest_index)
+            if V.dtype != R.dtype:
+                V = V.to(R.dtype)
+            P = torch.matmul(V, R.reshape(B, n, width * H * W))
+            for t, j in enumerate(point.rest_targets):
+                term = P[:, t].view(B, width, H, W)
+                rest[j] = term if j not in rest else rest[j] + term
+        else:
+            for j, positions in point.rest_adds.items():
+                for q in positions:
+                    term = R if n == 1 else R.narrow(1, q * width, width)
+                    rest[j] = term if j not in rest else rest[j] + term
+        return ops_in
 
     def _run_point(self, S, point: Point, stride: int, flat_coeff, acc) -> None:
         engine = flat_coeff is not None
@@ -584,7 +651,7 @@ class BankedCell(nn.Module):
         if self.bottleneck > 1:
             for p, sources in enumerate(POINT_SOURCES):
                 for r, i in enumerate(sources):
-                    _copy_rows(self.squeeze, p, r, self.C_op, {"w": plain.squeeze[i][0].weight},
+                    _copy_rows(self.squeeze, p, r, self.C_node, {"w": plain.squeeze[i][0].weight},
                                {"bn": plain.squeeze[i][1]})
             for m, mod in enumerate(plain.expand):
                 _copy_rows(self.expand, m, 0, self.C, {"w": mod[0].weight}, {"bn": mod[1]})

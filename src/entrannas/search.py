@@ -1,4 +1,4 @@
-"""The first-order bi-level search (SPEC section 4) and its run folder.
+"""The first-order bi-level search (paper sections 2 and 4.2) and its run folder.
 
     result = run_search(load_config("fmnist-quick"))           # a new run
     result = resume_search("runs/fmnist-quick-0")              # continue a stopped one
@@ -24,10 +24,11 @@ from .optim import clip_grad_norm_, optimizer_options
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
-from .supernet import CELL_TYPES, SuperNet
+from .arch import Temperature
+from .supernet import CELL_TYPES, METHOD_DEFAULTS, SuperNet
 
 __all__ = ["search_step", "run_search", "resume_search", "run_search_seeds", "SearchResult",
-           "build_supernet", "cell_summary"]
+           "build_supernet", "cell_summary", "tau_decay", "warmup_epochs"]
 
 
 def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer | None,
@@ -77,13 +78,34 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
     return loss.detach(), logits.detach()
 
 
+def tau_decay(cfg: SearchConfig) -> float | None:
+    """The per-epoch temperature decay: model.tau_decay, or the one that brings tau0 to
+    model.tau_final at the last epoch (null: the method's default)."""
+    m = cfg.model
+    if m.tau_final is None:
+        return m.tau_decay
+    tau0 = m.tau0 if m.tau0 is not None else METHOD_DEFAULTS[m.method]["tau0"]
+    return Temperature.decay_reaching(tau0, m.tau_final, cfg.optim.epochs)
+
+
+def warmup_epochs(cfg: SearchConfig) -> int:
+    """Epochs that train only the weights: optim.warmup_epochs, or optim.warmup_fraction of
+    the epochs rounded half up, keeping at least one epoch of architecture steps."""
+    o = cfg.optim
+    if o.warmup_fraction is None:
+        return o.warmup_epochs
+    n = math.floor(o.warmup_fraction * o.epochs + 0.5 + 1e-9)  # 1e-9: 0.7 * 45 is 31.4999...
+    return max(0, min(n, o.epochs - 1))
+
+
 def build_supernet(cfg: SearchConfig, info) -> SuperNet:
     m = cfg.model
     return SuperNet(method=m.method, C=m.C, layers=m.layers, num_classes=info.num_classes,
                     space=m.space, in_channels=info.channels, stem=m.stem,
                     engine_cells=m.engine_cells, feature_sharing=m.feature_sharing,
-                    bottleneck=m.bottleneck, tau0=m.tau0, tau_decay=m.tau_decay,
-                    derivation=m.derivation, dst_lambda=m.dst_lambda)
+                    bottleneck=m.bottleneck, tau0=m.tau0, tau_decay=tau_decay(cfg),
+                    derivation=m.derivation, dst_lambda=m.dst_lambda,
+                    partial_channels=m.partial_channels, edge_normalization=m.edge_normalization)
 
 
 def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
@@ -178,7 +200,7 @@ class _Search(StepAccounting):
             # Batches depend only on (seed, epoch, batch): resuming mid-epoch replays nothing.
             self.data.train.set_epoch(e, self.step)
             self.data.arch.set_epoch(e, self.step)
-            a_opt = self.a_opt if e >= cfg.optim.warmup_epochs else None
+            a_opt = self.a_opt if e >= warmup_epochs(cfg) else None
             net.train()
             for (xt, yt), val_batch in zip(self.data.train, self.data.arch):
                 try:
@@ -199,13 +221,15 @@ class _Search(StepAccounting):
             val_loss, val_acc = evaluate(net, self.data.val, reduce=ddp.active())
         genotype = net.genotype()
         loss_sum, correct, count = self.partial
-        row = {"epoch": e, "lr": lr, "tau": net.tau,
+        row = {"epoch": e, "lr": lr, "tau": net.tau, "warmup": e < warmup_epochs(self.cfg),
                "train_loss": loss_sum / max(count, 1), "train_acc": 100 * correct / max(count, 1),
                "val_loss": val_loss, "val_acc": val_acc, "cells": cell_summary(genotype),
                "genotype": genotype.to_dict(), "wall_time": self.timer.elapsed,
                "peak_mem_gib": peak_memory_gib(self.device)}
         if net.derivation == "dst":
             row["thresholds"] = {t: net.thresholds(t).tolist() for t in CELL_TYPES}
+        if net.edge_normalization:
+            row["edge_weights"] = {t: net.edge_weights(t).tolist() for t in CELL_TYPES}
         run.append_metrics(row)
         if ddp.is_main():
             genotype.save(run.file(f"genotypes/epoch_{e:03d}.json"))
@@ -246,6 +270,9 @@ def _drive(cfg, run: RunFolder, state) -> SearchResult:
         run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
                      f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
                      f"device {search.device}, {ddp.world_size()} process(es), run folder {run.path}")
+        t = search.net.temperature
+        run.log.info(f"schedule: tau {t(0):.4g} x{t.decay:.6g} per epoch -> {t(cfg.optim.epochs - 1):.4g} "
+                     f"at the last epoch; {warmup_epochs(cfg)} warm-up epoch(s) train weights only")
         search.run_to_end()
         if ddp.active():  # every rank must have derived the same architecture
             ddp.assert_same_on_all_ranks(search.net.arch_parameters(), "alpha/beta")

@@ -1,8 +1,10 @@
-"""The search network (super-net) and its four switches (SPEC section 2, paper Table 3):
-engine-cell placement, feature sharing, bottleneck, temperature; plus the derivation rule.
+"""The search network (super-net) and its four switches (paper Table 3): engine-cell
+placement, feature sharing, bottleneck, temperature; plus the derivation rule.
 
 `method` picks the defaults: "darts" turns every switch off, "entrannas" and "dst" are the
-paper's settings. Each switch can also be set by keyword.
+paper's settings, "pcdarts" is DARTS mode with PC-DARTS' partial-channel connections and
+edge normalisation (the baseline of Table 2; docs/design.md). Each switch can also be set by
+keyword.
 """
 from __future__ import annotations
 
@@ -12,20 +14,24 @@ import torch
 import torch.nn as nn
 
 from .arch import (EDGES, NUM_NODES, Selection, Temperature, derive_dst, derive_top2,
-                   dst_coefficients, dst_regulariser, edge_index, softmax_t)
+                   dst_coefficients, dst_regulariser, edge_index, edge_normalization, softmax_t)
 from .cells import EngineCell, TransitCell
 from .opbank import BankedCell
 from .ops import op_names
 
 __all__ = ["SuperNet", "METHOD_DEFAULTS", "resolve_engine_cells", "ArchState"]
 
+_PLAIN = dict(partial_channels=1, edge_normalization=False)
 METHOD_DEFAULTS: dict[str, dict] = {
     "darts": dict(engine_cells="all", feature_sharing=False, bottleneck=1, tau0=1.0,
-                  tau_decay=1.0, derivation="top2"),
+                  tau_decay=1.0, derivation="top2", **_PLAIN),
     "entrannas": dict(engine_cells="first", feature_sharing=True, bottleneck=4, tau0=5.0,
-                      tau_decay=0.923, derivation="top2"),
+                      tau_decay=0.923, derivation="top2", **_PLAIN),
     "dst": dict(engine_cells="first", feature_sharing=True, bottleneck=4, tau0=5.0,
-                tau_decay=0.923, derivation="dst"),
+                tau_decay=0.923, derivation="dst", **_PLAIN),
+    # PC-DARTS: 1/4 of the channels through the mixed op, edge betas normalised per node.
+    "pcdarts": dict(engine_cells="all", feature_sharing=False, bottleneck=1, tau0=1.0,
+                    tau_decay=1.0, derivation="top2", partial_channels=4, edge_normalization=True),
 }
 CELL_TYPES = ("normal", "reduce")
 
@@ -73,6 +79,7 @@ class ArchState:
     coeff: dict[str, torch.Tensor] = field(default_factory=dict)  # p or q_hat, [14, K]
     active: dict[str, list[list[int]]] = field(default_factory=dict)  # per edge, ops to compute
     selection: dict[str, Selection] = field(default_factory=dict)  # the derived cell
+    edge_weight: dict[str, torch.Tensor] = field(default_factory=dict)  # PC-DARTS, [14]
 
 
 class SuperNet(nn.Module):
@@ -81,17 +88,25 @@ class SuperNet(nn.Module):
                  stem: str = "cifar", engine_cells=None, feature_sharing: bool | None = None,
                  bottleneck: int | None = None, tau0: float | None = None,
                  tau_decay: float | None = None, derivation: str | None = None,
-                 dst_lambda: float = 0.1, stem_multiplier: int = 3, batched: bool = True):
+                 dst_lambda: float = 0.1, stem_multiplier: int = 3,
+                 partial_channels: int | None = None, edge_normalization: bool | None = None,
+                 batched: bool = True):
         super().__init__()
         if method not in METHOD_DEFAULTS:
             raise ValueError(f"unknown method {method!r}; choose one of {sorted(METHOD_DEFAULTS)}")
         given = dict(engine_cells=engine_cells, feature_sharing=feature_sharing,
-                     bottleneck=bottleneck, tau0=tau0, tau_decay=tau_decay, derivation=derivation)
+                     bottleneck=bottleneck, tau0=tau0, tau_decay=tau_decay, derivation=derivation,
+                     partial_channels=partial_channels, edge_normalization=edge_normalization)
         cfg = {k: (METHOD_DEFAULTS[method][k] if v is None else v) for k, v in given.items()}
         if cfg["derivation"] not in ("top2", "dst"):
             raise ValueError(f"derivation must be top2 or dst, got {cfg['derivation']!r}")
         if int(cfg["bottleneck"]) < 1:
             raise ValueError(f"bottleneck ratio must be >= 1, got {cfg['bottleneck']}")
+        if int(cfg["partial_channels"]) < 1:
+            raise ValueError(f"partial_channels must be >= 1, got {cfg['partial_channels']}")
+        if cfg["edge_normalization"] and cfg["derivation"] == "dst":
+            raise ValueError("edge normalisation weights edges for the top-2 rule; DST derives "
+                             "its topology from thresholds: use derivation top2 with it")
         if float(cfg["tau0"]) <= 0 or float(cfg["tau_decay"]) <= 0:
             raise ValueError("tau0 and tau_decay must be positive")
         if stem not in ("cifar", "imagenet"):
@@ -104,6 +119,8 @@ class SuperNet(nn.Module):
         self.derivation = cfg["derivation"]
         self.feature_sharing = bool(cfg["feature_sharing"])
         self.bottleneck = int(cfg["bottleneck"])
+        self.partial_channels = int(cfg["partial_channels"])
+        self.edge_normalization = bool(cfg["edge_normalization"])
         self.temperature = Temperature(float(cfg["tau0"]), float(cfg["tau_decay"]))
         self.tau = self.temperature(0)
         self.dst_lambda = float(dst_lambda)
@@ -128,7 +145,7 @@ class SuperNet(nn.Module):
             # of cells.py, the reference the banks are tested against.
             cls = BankedCell if batched else (EngineCell if c in self.engine_cells else TransitCell)
             self.cells.append(cls(self.op_names, C_pp, C_p, C_curr, reduction, reduction_prev,
-                                  self.feature_sharing, self.bottleneck))
+                                  self.feature_sharing, self.bottleneck, self.partial_channels))
             reduction_prev = reduction
             C_pp, C_p = C_p, NUM_NODES * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -141,6 +158,10 @@ class SuperNet(nn.Module):
             # beta = 0 -> t = 0.5: every connection starts active (SPEC section 3).
             self.beta_normal = nn.Parameter(torch.zeros(NUM_NODES))
             self.beta_reduce = nn.Parameter(torch.zeros(NUM_NODES))
+        if self.edge_normalization:
+            # PC-DARTS' edge betas, one per edge (not DST's per-node threshold betas).
+            self.edge_beta_normal = nn.Parameter(1e-3 * torch.randn(len(EDGES)))
+            self.edge_beta_reduce = nn.Parameter(1e-3 * torch.randn(len(EDGES)))
 
     def _build_stem(self, in_channels, C, multiplier):
         if self.stem_type == "cifar":
@@ -160,7 +181,11 @@ class SuperNet(nn.Module):
     # -- parameters ------------------------------------------------------------------------
     def _arch_names(self) -> tuple[str, ...]:
         names = ("alpha_normal", "alpha_reduce")
-        return names + (("beta_normal", "beta_reduce") if self.derivation == "dst" else ())
+        if self.derivation == "dst":
+            names += ("beta_normal", "beta_reduce")
+        if self.edge_normalization:
+            names += ("edge_beta_normal", "edge_beta_reduce")
+        return names
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [getattr(self, n) for n in self._arch_names()]
@@ -174,6 +199,11 @@ class SuperNet(nn.Module):
 
     def beta(self, cell_type: str) -> nn.Parameter:
         return getattr(self, f"beta_{cell_type}")
+
+    def edge_weights(self, cell_type: str) -> torch.Tensor:
+        """PC-DARTS' normalised edge weights [14]: softmax of the edge betas over each node's
+        incoming edges."""
+        return edge_normalization(getattr(self, f"edge_beta_{cell_type}"))
 
     # -- temperature and derivation ------------------------------------------------------
     def set_epoch(self, epoch: float) -> float:
@@ -218,7 +248,12 @@ class SuperNet(nn.Module):
                 state.active[t] = active
             else:
                 state.active[t] = [all_ops] * len(EDGES)
-                if need_selection:
+                if self.edge_normalization:
+                    # PC-DARTS weights each edge in search and ranks edges by p times it.
+                    w = state.edge_weight[t] = self.edge_weights(t)
+                    if need_selection:
+                        state.selection[t] = derive_top2(coeff * w.unsqueeze(-1), self.none_index)
+                elif need_selection:
                     state.selection[t] = derive_top2(coeff, self.none_index)
         return state
 
@@ -250,7 +285,8 @@ class SuperNet(nn.Module):
             if child or c not in self.engine_cells:
                 out = cell.forward_transit(s0, s1, state.selection[t])
             else:
-                out = cell.forward_engine(s0, s1, state.coeff[t], state.active[t])
+                out = cell.forward_engine(s0, s1, state.coeff[t], state.active[t],
+                                          state.edge_weight.get(t))
             s0, s1 = s1, out
         return self.classifier(self.global_pooling(s1).flatten(1))
 
@@ -273,5 +309,7 @@ class SuperNet(nn.Module):
     def extra_repr(self) -> str:
         return (f"method={self.method}, space={self.space}, engine_cells={list(self.engine_cells)}, "
                 f"feature_sharing={self.feature_sharing}, bottleneck={self.bottleneck}, "
+                f"partial_channels={self.partial_channels}, "
+                f"edge_normalization={self.edge_normalization}, "
                 f"derivation={self.derivation}, tau={self.tau:.4g}")
 

@@ -232,11 +232,12 @@ def fmt(v: Any, digits: int = 2) -> str:
     return str(v)
 
 
-def markdown_table(columns: list[tuple[str, str]], rows: list[dict], digits: int = 2) -> str:
-    """columns: (key, header) pairs."""
-    head = "| " + " | ".join(h for _, h in columns) + " |"
+def markdown_table(columns: list[tuple], rows: list[dict], digits: int = 2) -> str:
+    """columns: (key, header) pairs, or (key, header, digits) for a column of its own precision."""
+    head = "| " + " | ".join(c[1] for c in columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt(r.get(k, ""), digits) for k, _ in columns) + " |" for r in rows]
+    body = ["| " + " | ".join(fmt(r.get(c[0], ""), c[2] if len(c) > 2 else digits) for c in columns)
+            + " |" for r in rows]
     return "\n".join([head, rule, *body])
 
 

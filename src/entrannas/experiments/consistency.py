@@ -1,6 +1,10 @@
 """Table 1 (consistency): super-net and child-net accuracy with the Engine-cells at all / half /
 last / first cells. The paper: the drop from super-net to child-net is largest with all
-Engine-cells (that is DARTS) and small with one, best with the first."""
+Engine-cells (that is DARTS) and small with one, best with the first.
+
+Each row also gives the temperature of the search's final epoch (from its metrics.jsonl): an
+Engine-cell that still mixes its ops almost uniformly (high tau) is far from the derived cell
+whatever its placement, so a drop only means something next to the tau it was measured at."""
 from __future__ import annotations
 
 from .common import Context, markdown_table, run_jobs, search_job, write_summary
@@ -17,6 +21,7 @@ def run(ctx: Context) -> dict:
     rows = run_jobs(ctx, jobs)
     for r in rows:
         r["drop"] = r["supernet_acc"] - r["child_acc"]
+        r["tau_final_epoch"] = r["epochs"][-1]["tau"] if r["epochs"] else float("nan")
         paper = PAPER.get(r["engine_cells"])
         if paper:
             r["paper_supernet"], r["paper_child"] = paper
@@ -24,6 +29,8 @@ def run(ctx: Context) -> dict:
     _plot(ctx, rows)
     table = markdown_table([("engine_cells", "Engine-cells"), ("supernet_acc", "super-net acc %"),
                             ("child_acc", "child-net acc %"), ("drop", "drop (pp)"),
+                            ("tau_final_epoch", "tau (final epoch)", 4),
+                            ("paper_supernet", "paper super-net %"), ("paper_child", "paper child-net %"),
                             ("paper_drop", "paper drop (pp, CIFAR-10)")], rows)
     order = sorted(rows, key=lambda r: -r["drop"])
     finding = ("Largest drop: " + ", ".join(f"{r['engine_cells']} {r['drop']:.2f}" for r in order)
