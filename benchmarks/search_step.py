@@ -2,10 +2,19 @@
 on a training batch with gradient clipping) for the Table 3 configurations.
 
 Each configuration runs in its own process so peak memory is its own. Memory = peak RSS above
-the RSS right after the network and optimisers are built.
+the RSS right after the network and optimisers are built. `--ops` also counts the top-level
+aten ops of one step (torch.profiler: ops with no aten op above them, forward, backward and
+both optimisers).
 
     python benchmarks/search_step.py                  # all configs, batch 16 and 64
     python benchmarks/search_step.py --batch 64 --steps 5 --configs darts bottleneck
+    python benchmarks/search_step.py --batch 64 --peers /path/to/peers
+
+`--peers DIR` also times the official DARTS and PC-DARTS search networks, side by side, from
+DIR/darts/ and DIR/pcdarts/ (each holding the official model_search.py, operations.py and
+genotypes.py; their code is not part of entrannas). Their step is the official first-order
+train_search.py step: Adam on the alphas from a full backward of the validation loss, then SGD
+with gradient clipping 5.
 """
 from __future__ import annotations
 
@@ -31,31 +40,87 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def run_one(name: str, batch: int, steps: int, warmup: int, threads: int | None) -> dict:
+PEERS = {"official-darts": "DARTS (official)", "official-pcdarts": "PC-DARTS (official)"}
+
+
+def count_top_level_ops(step) -> int:
+    """Top-level aten ops of one call of `step` (ops with no aten op above them)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+
+    def top(e):
+        p = e.cpu_parent
+        while p is not None:
+            if p.name.startswith("aten::"):
+                return False
+            p = p.cpu_parent
+        return True
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and top(e))
+
+
+def _entrannas_step(name: str):
     import torch
 
     from entrannas import SuperNet
+    from entrannas.optim import optimizer_options
     from entrannas.search import search_step
+    net = SuperNet(C=16, layers=8, num_classes=10, **CONFIGS[name])
+    opts = optimizer_options(torch.device("cpu"))  # as the search loop builds them
+    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4, **opts)
+    a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, **opts)
+    return lambda train, val: search_step(net, w_opt, a_opt, train, val)
+
+
+def _peer_step(name: str, peers: str):
+    """The official first-order step of train_search.py (architect.step with unrolled=False,
+    then the weight step), on the CPU."""
+    import torch
+    torch.Tensor.cuda = lambda self, *a, **k: self  # the official code moves tensors with .cuda()
+    which = name.split("-", 1)[1]
+    sys.path.insert(0, os.path.join(peers, which))
+    from model_search import Network
+    crit = torch.nn.CrossEntropyLoss()
+    model = Network(16, 10, 8, crit)
+    lr, arch_lr = (0.025, 3e-4) if which == "darts" else (0.1, 6e-4)
+    w_opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=3e-4)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    def step(train, val):
+        a_opt.zero_grad()
+        model._loss(*val).backward()
+        a_opt.step()
+        w_opt.zero_grad()
+        crit(model(train[0]), train[1]).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5)
+        w_opt.step()
+    return step
+
+
+def run_one(name: str, batch: int, steps: int, warmup: int, threads: int | None, peers: str | None,
+            ops: bool) -> dict:
+    import torch
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = SuperNet(C=16, layers=8, num_classes=10, **CONFIGS[name])
-    w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
-    a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    step = _peer_step(name, peers) if name in PEERS else _entrannas_step(name)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
                for _ in range(2)]
     rss0 = _rss_bytes()
     times = []
-    for step in range(warmup + steps):
+    for i in range(warmup + steps):
         t0 = time.perf_counter()
-        search_step(net, w_opt, a_opt, batches[0], batches[1])
-        if step >= warmup:
+        step(batches[0], batches[1])
+        if i >= warmup:
             times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return dict(config=name, batch=batch, steps=steps, median_s=statistics.median(times),
-                times=times, peak_mem_gib=(peak - rss0) / 2**30, threads=torch.get_num_threads())
+    row = dict(config=name, batch=batch, steps=steps, median_s=statistics.median(times),
+               times=times, peak_mem_gib=(peak - rss0) / 2**30, threads=torch.get_num_threads())
+    if ops:  # after timing and memory, so the profiler costs neither
+        row["top_level_ops"] = count_top_level_ops(lambda: step(batches[0], batches[1]))
+    return row
 
 
 def main(argv=None):
@@ -65,32 +130,46 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--peers", help="folder with the official darts/ and pcdarts/ code, timed too")
+    ap.add_argument("--ops", action="store_true", help="also count top-level aten ops per step")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one:
-        print(json.dumps(run_one(args._one, args.batch[0], args.steps, args.warmup, args.threads)))
+        print(json.dumps(run_one(args._one, args.batch[0], args.steps, args.warmup, args.threads,
+                                 args.peers, args.ops)))
         return
+    labels = {**LABELS, **PEERS}
+    names = (list(PEERS) if args.peers else []) + args.configs
     rows = []
     for batch in args.batch:
-        for name in args.configs:
+        for name in names:
             cmd = [sys.executable, __file__, "--_one", name, "--batch", str(batch),
                    "--steps", str(args.steps), "--warmup", str(args.warmup)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
+            if args.peers:
+                cmd += ["--peers", os.path.abspath(args.peers)]
+            if args.ops:
+                cmd += ["--ops"]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             row = json.loads(out.strip().splitlines()[-1])
             rows.append(row)
-            print(f"batch {batch:4d}  {LABELS[name]:26s} {row['median_s']:8.3f} s/step  "
-                  f"{row['peak_mem_gib']:6.2f} GiB", flush=True)
+            extra = f"  {row['top_level_ops']:6d} ops" if "top_level_ops" in row else ""
+            print(f"batch {batch:4d}  {labels[name]:26s} {row['median_s']:8.3f} s/step  "
+                  f"{row['peak_mem_gib']:6.2f} GiB{extra}", flush=True)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch threads {rows[0]['threads']}")
-    print("\n| batch | configuration | s/step (median) | peak memory (GiB) | time vs DARTS | memory vs DARTS |")
-    print("|---|---|---|---|---|---|")
+    base_name = "official-darts" if args.peers else "darts"
+    print(f"\n(ratios against {labels[base_name]} at the same batch)")
+    print("\n| batch | configuration | s/step (median) | peak memory (GiB) | time vs DARTS | memory vs DARTS |"
+          + (" top-level ops |" if args.ops else ""))
+    print("|---|---|---|---|---|---|" + ("---|" if args.ops else ""))
     for r in rows:
-        base = next((b for b in rows if b["batch"] == r["batch"] and b["config"] == "darts"), None)
+        base = next((b for b in rows if b["batch"] == r["batch"] and b["config"] == base_name), None)
         rt = f"1/{base['median_s'] / r['median_s']:.1f}" if base else "-"
         rm = f"1/{base['peak_mem_gib'] / max(r['peak_mem_gib'], 1e-9):.1f}" if base else "-"
-        print(f"| {r['batch']} | {LABELS[r['config']]} | {r['median_s']:.3f} | {r['peak_mem_gib']:.2f} | {rt} | {rm} |")
+        ops = f" {r['top_level_ops']} |" if "top_level_ops" in r else ""
+        print(f"| {r['batch']} | {labels[r['config']]} | {r['median_s']:.3f} | {r['peak_mem_gib']:.2f} | {rt} | {rm} |{ops}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
