@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"] = "cifar10"
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic"] = "cifar10"
     data_dir: str | None = None
     download: bool = True
     # Search: fraction of the training set for the weights (the architecture gets as much).
@@ -41,8 +41,20 @@ class DataConfig:
     crop_pad: int = 4
     flip: bool = True
     cutout: int = 0
-    image_size: int = 224  # imagenet only
-    workers: int = 4  # imagenet decoding processes
+    # Side of the square images the network sees: imagenet (null = 224) and folder (null = the
+    # images' most common short side); the other datasets keep their own size.
+    image_size: int | None = None
+    workers: int = 4  # decoding processes (imagenet, folder)
+    # folder (docs/design.md, "Your own data"): channels null = what the images are (1 if all
+    # are grayscale); the share of every class held out as the test set when there is no
+    # DIR/test/; strict refuses a file that is not an image instead of skipping it; in_memory
+    # auto decodes into memory when half the free memory holds it, else streams; cache_dir
+    # null = $ENTRANNAS_CACHE or ~/.cache/entrannas/folders.
+    channels: int | None = None
+    test_fraction: float = 0.2
+    strict: bool = False
+    in_memory: bool | Literal["auto"] = "auto"
+    cache_dir: str | None = None
     synthetic_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
     synthetic_size: int = 1024
 
@@ -146,7 +158,10 @@ _CHECKS: dict[str, tuple] = {
     "data.limit": (lambda v: v is None or v > 0, "null or a positive integer"),
     "data.eval_limit": (lambda v: v is None or v > 0, "null or a positive integer"),
     "data.crop_pad": _NONNEG, "data.cutout": _NONNEG, "data.workers": _NONNEG,
-    "data.image_size": _POSITIVE, "data.synthetic_size": _POSITIVE,
+    "data.image_size": (lambda v: v is None or v > 0, "null or a positive integer"),
+    "data.synthetic_size": _POSITIVE,
+    "data.channels": (lambda v: v is None or v in (1, 3), "null, 1 (grayscale) or 3 (RGB)"),
+    "data.test_fraction": (lambda v: 0 < v < 1, "a fraction strictly between 0 and 1"),
     "model.C": _POSITIVE, "model.layers": (lambda v: v >= 3, "at least 3"),
     "model.bottleneck": (lambda v: v is None or v >= 1, "null or at least 1"),
     "model.tau0": (lambda v: v is None or v > 0, "null or a positive number"),

@@ -146,6 +146,8 @@ class _Search(StepAccounting):
             run.keep_metrics_before(self.epoch)
         else:
             run.write_json("split.json", self.data.split)
+            if self.data.meta:  # an image folder: its classes and held-out test images
+                run.write_json("dataset.json", self.data.meta)
         ddp.broadcast_params(self.net)
 
     def checkpoint(self) -> None:
@@ -238,6 +240,8 @@ def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
 def _drive(cfg, run: RunFolder, state) -> SearchResult:
     try:
         search = _Search(cfg, run, state)
+        for line in search.data.notes:
+            run.log.info(line)
         run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
                      f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
                      f"device {search.device}, {ddp.world_size()} process(es), run folder {run.path}")

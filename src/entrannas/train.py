@@ -89,6 +89,14 @@ def train_step(net, opt: torch.optim.Optimizer, x, y, cfg: TrainConfig):
     return loss.detach(), logits.detach()
 
 
+def info_dict(info) -> dict:
+    """What a trained network needs to know of its data (classes, input size, normalisation):
+    kept in the checkpoint, so loading the model needs no data set (export.py)."""
+    return {"name": info.name, "num_classes": info.num_classes, "channels": info.channels,
+            "image_size": list(info.image_size), "mean": list(info.mean), "std": list(info.std),
+            "classes": list(info.classes) if info.classes else None}
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -146,6 +154,8 @@ class _Training(StepAccounting):
             run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
             run.remove_stale_temp_files()
             run.keep_metrics_before(self.epoch)
+        elif self.data.meta:  # an image folder: its classes and held-out test images
+            run.write_json("dataset.json", self.data.meta)
         ddp.broadcast_params(self.net)
         # What runs the batches: the net itself, or its torch.compile'd wrapper (run.compile);
         # checkpoints always hold the plain net's weights.
@@ -158,6 +168,7 @@ class _Training(StepAccounting):
                     "kind": "train", "config": to_dict(self.cfg), "genotype": self.genotype.to_dict(),
                     "epoch": self.epoch, "step": self.step, "partial": self.partial,
                     "elapsed": self.timer.elapsed, "rng": _rng_state(self.device),
+                    "data_info": info_dict(self.data.info),
                     "net": self.net.state_dict(), "opt": self.opt.state_dict()})
 
     def run_epochs(self, stop: StopFlag) -> None:
@@ -240,6 +251,8 @@ def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
 def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> TrainResult:
     try:
         training = _Training(cfg, genotype, run, state)
+        for line in training.data.notes:
+            run.log.info(line)
         info = training.data.info
         cost = net_cost(cfg, genotype, info)
         run.log.info(f"training on {cfg.data.dataset}: C={cfg.model.C}, {cfg.model.layers} cells, "
