@@ -76,9 +76,10 @@ def cmd_search(args) -> int:
     from .config import load_config
     from .search import resume_search, run_search, run_search_seeds
     if args.resume:
-        if args.config or args.overrides:
-            raise _usage("--resume continues a run with its own config: drop --config/--set")
-        result = resume_search(args.resume, quiet=args.quiet)
+        if args.config:
+            raise _usage("--resume continues a run with its own config: drop --config "
+                         "(--set optim.epochs=N continues it for longer)")
+        result = resume_search(args.resume, quiet=args.quiet, overrides=args.overrides)
     else:
         if not args.config:
             raise _usage("give --config PRESET_OR_YAML (see `entrannas presets`) or --resume RUN_DIR")

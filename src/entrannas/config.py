@@ -19,7 +19,7 @@ import yaml
 
 __all__ = ["ConfigError", "DataConfig", "SearchModelConfig", "SearchOptimConfig", "RunConfig",
            "SearchConfig", "TargetModelConfig", "TrainOptimConfig", "TrainConfig", "presets",
-           "load_config", "to_dict", "from_dict"]
+           "load_config", "apply_overrides", "resume_config", "to_dict", "from_dict"]
 
 
 class ConfigError(ValueError):
@@ -239,6 +239,12 @@ def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (
         _merge(cfg, raw, "")
     except ConfigError as e:  # name the file: the message is all the user sees
         raise ConfigError(f"config {spec}: {e}") from None
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg, overrides) -> None:
+    """Apply `section.key=value` overrides (values are YAML) to `cfg` in place, validated."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.1)")
@@ -252,7 +258,31 @@ def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (
         for part in reversed(path):
             nested = {part: nested}
         _merge(cfg, nested, "")
-    return cfg
+
+
+# What `--resume RUN --set ...` may change: the length of the run (docs/design.md, "Continuing
+# a finished run"). Anything else would make the checkpoint's run another one.
+RESUMABLE_KEYS = ("optim.epochs",)
+
+
+def resume_config(cfg, overrides, epochs_done: int):
+    """The config a resumed run continues with: `cfg` (the checkpoint's) with `overrides`,
+    of which only optim.epochs may change anything, and never below the epochs done."""
+    import copy
+    new = copy.deepcopy(cfg)
+    apply_overrides(new, overrides)
+    flat = lambda c: {f"{sec}.{k}": v for sec, keys in to_dict(c).items() if isinstance(keys, dict)
+                      for k, v in keys.items()}
+    before, after = flat(cfg), flat(new)
+    changed = [k for k in after if after[k] != before.get(k) and k not in RESUMABLE_KEYS]
+    if changed:
+        raise ConfigError(f"--resume can only extend a run (--set optim.epochs=N); {changed[0]} would "
+                          f"change what it computes: start a new run with --config RUN/config.yaml "
+                          f"--set {changed[0]}=...")
+    if new.optim.epochs < epochs_done:
+        raise ConfigError(f"optim.epochs={new.optim.epochs} is fewer than the {epochs_done} epochs this run "
+                          f"has already done: a resumed run can only be made longer")
+    return new
 
 
 def _merge(obj, raw: dict, prefix: str) -> None:

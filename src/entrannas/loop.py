@@ -24,7 +24,7 @@ from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from . import accel
 from . import distributed as ddp
 from .fsutil import WriteError
-from .rundir import NullRunFolder, RunError, RunFolder, format_eta
+from .rundir import NullRunFolder, RunError, RunFolder, Timer, format_eta
 
 __all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "load_datasets", "evaluate", "make_run_folder", "open_run_folder",
            "peak_memory_gib", "progress", "resolve_device", "seed_everything"]
@@ -359,6 +359,18 @@ class StepAccounting:
                 self.run_epochs(stop)
             except WriteError as e:
                 raise self.write_failed(e) from None
+
+    def extend(self, old_epochs: int, schedules: str) -> None:
+        """A resumed run given more epochs (`--resume RUN --set optim.epochs=N`): say so, and
+        save the config and a checkpoint with the new length at once, so a plain --resume after
+        a kill goes on with it. The epochs already done keep what they computed; the rest
+        follow the schedules of a run planned with the new length from the start."""
+        new = self.cfg.optim.epochs
+        self.run.log.info(f"extending the run from {old_epochs} to {new} epochs: epochs {self.epoch + 1}-{new} "
+                          f"follow {schedules} of a {new}-epoch run")
+        self.run.write_config(self.cfg)
+        self.timer = Timer(self.elapsed)
+        self.checkpoint()
 
     def write_failed(self, err: WriteError) -> RunError:
         """The error for a run file that could not be written (a full disk): the checkpoint

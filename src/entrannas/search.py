@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
-from .config import SearchConfig, from_dict, to_dict
+from .config import SearchConfig, from_dict, resume_config, to_dict
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
@@ -149,6 +149,10 @@ class _Search(StepAccounting):
             if self.data.meta:  # an image folder: its classes and held-out test images
                 run.write_json("dataset.json", self.data.meta)
         ddp.broadcast_params(self.net)
+        if state is not None and state["config"]["optim"]["epochs"] != cfg.optim.epochs:
+            # tau0 * decay^epoch does not depend on the run's length: it keeps decaying.
+            self.extend(state["config"]["optim"]["epochs"], "the learning rate (cosine) and the "
+                        "temperature (tau0 * decay^epoch, unchanged by the length)")
 
     def checkpoint(self) -> None:
         with self.saving():  # refuses non-finite weights, on every rank
@@ -227,12 +231,13 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, quiet: bool
     return _drive(cfg, run, None)
 
 
-def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
+def resume_search(run_dir: str | Path, quiet: bool = False, overrides=()) -> SearchResult:
     """Continue a stopped search from its last checkpoint; the run's own config is used.
+    `overrides` may only set optim.epochs, to continue a (finished) search for longer.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
     state = load_run_checkpoint(run_dir, "search")
-    cfg = from_dict(state["config"], "search")
+    cfg = resume_config(from_dict(state["config"], "search"), overrides, state["epoch"])
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
     return _drive(cfg, run, state)
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
-from .config import TrainConfig, from_dict, to_dict
+from .config import TrainConfig, from_dict, resume_config, to_dict
 from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
@@ -160,6 +160,9 @@ class _Training(StepAccounting):
         # What runs the batches: the net itself, or its torch.compile'd wrapper (run.compile);
         # checkpoints always hold the plain net's weights.
         self.forward = accel.compiled(self.net, cfg.run, self.device)
+        if state is not None and state["config"]["optim"]["epochs"] != o.epochs:
+            self.extend(state["config"]["optim"]["epochs"], f"the learning rate ({o.schedule}) and "
+                        f"the drop path (rising to model.drop_path)")
 
     def checkpoint(self) -> None:
         with self.saving():  # refuses non-finite weights, on every rank
@@ -237,12 +240,13 @@ def run_training(cfg: TrainConfig, genotype, run_dir: str | Path | None = None, 
     return _drive(cfg, genotype, run, None)
 
 
-def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
+def resume_training(run_dir: str | Path, quiet: bool = False, overrides=()) -> TrainResult:
     """Continue a stopped training run from its last checkpoint, with its own config and genotype.
+    `overrides` may only set optim.epochs, to continue a (finished) training for longer.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
     state = load_run_checkpoint(run_dir, "train")
-    cfg = from_dict(state["config"], "train")
+    cfg = resume_config(from_dict(state["config"], "train"), overrides, state["epoch"])
     genotype = Genotype.from_dict(state["genotype"])
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
     return _drive(cfg, genotype, run, state)
