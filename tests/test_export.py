@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from helpers import fails_with_one_line
 from imagefolders import make_folder
 
 import entrannas
-from entrannas.checkpoint import load_checkpoint, save_checkpoint
+from entrannas.checkpoint import load_checkpoint
 from entrannas.cli import main
 from entrannas.data.augment import normalize
 

@@ -11,7 +11,7 @@ from helpers import fails_with_one_line
 from imagefolders import make_folder
 
 from entrannas.config import load_config
-from entrannas.data import DataError, FolderImageSet, folder as F, load_folder
+from entrannas.data import DataError, FolderImageSet, folder as F, folder_cache as FC, load_folder
 from entrannas.loop import build_loaders
 
 TINY = ["data.dataset=folder", "model.C=4", "model.layers=3", "optim.batch_size=8", "optim.epochs=1",
@@ -103,7 +103,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_file(tmp_path, monkeypatch
 
     def no_decoding(*a, **k):
         raise AssertionError("decoded although the cache is valid")
-    monkeypatch.setattr(F, "decode_image", no_decoding)
+    monkeypatch.setattr(FC, "decode_image", no_decoding)
     t0 = time.perf_counter()
     again, _ = _load(root, tmp_path)
     assert time.perf_counter() - t0 < 5

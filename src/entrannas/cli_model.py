@@ -2,8 +2,6 @@
 entrannas. Parses arguments, calls export.py, prints; cli.py turns user errors into one line."""
 from __future__ import annotations
 
-from pathlib import Path
-
 __all__ = ["add_commands"]
 
 
@@ -44,7 +42,7 @@ def cmd_eval(args) -> int:
     for t in r.get("latency", []):
         print(f"throughput at batch {t['batch']}: {t['images_per_s']:.1f} images/s "
               f"({t['ms_per_batch']:.2f} ms per batch) on {r['device']} ({r['machine']})")
-    print(f"written to {Path(args.run_dir) / 'eval.json'}")
+    print(f"written to {r['written_to']}")
     return 0
 
 

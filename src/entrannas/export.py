@@ -12,6 +12,7 @@ a model away".
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import os
@@ -156,11 +157,8 @@ def _write(model: TrainedModel, fmt: str, tmp: str, x: torch.Tensor) -> None:
     elif fmt == "torch.export":
         torch.export.save(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)), tmp)
     elif fmt == "onnx":
-        try:
-            import onnx  # noqa: F401  (the exporter needs onnx and onnxscript)
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise ExportError("ONNX export needs the onnx extra: pip install 'entrannas[onnx]'") from None
+        if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript")):  # torch's exporter needs both
+            raise ExportError("ONNX export needs the onnx extra: pip install 'entrannas[onnx]'")
         quiet = logging.getLogger("torch.onnx")  # it logs a line per torchvision op it lacks
         level = quiet.level
         with warnings.catch_warnings():
@@ -291,6 +289,8 @@ def evaluate_run(run_dir, data=None, device: str | None = None, batch_size: int 
     from .measure import count_macs, count_params
     run_dir = Path(run_dir)
     model = load_model(run_dir)
+    # Beside a .safetensors export, in a run folder otherwise.
+    record = run_dir / "eval.json" if run_dir.is_dir() else run_dir.with_name(run_dir.stem + ".eval.json")
     dev = resolve_device(device or model.config.run.device)
     model = model.to(dev)
     loader, notes, where = _test_loader(model, data, dev, batch_size)
@@ -319,5 +319,6 @@ def evaluate_run(run_dir, data=None, device: str | None = None, batch_size: int 
     if latency:
         result["latency"] = [throughput(model, model.input_shape, b, dev) for b in (1, 64)]
     if write:
-        atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1) + "\n")
+        atomic_write_text(record, json.dumps(result, indent=1) + "\n")
+        result["written_to"] = str(record)
     return result
