@@ -32,16 +32,18 @@ def default_cache_dir() -> Path:
 
 
 def decode_image(path, size: int, channels: int) -> np.ndarray:
-    """uint8 ``[channels, size, size]``: the largest centred square, resized (antialiased
-    bilinear). Raises whatever Pillow raises for a file it cannot read."""
-    from PIL import Image
+    """uint8 ``[channels, size, size]``: the image upright (EXIF orientation), its largest
+    centred square resized (antialiased bilinear). Raises whatever Pillow raises for a file it
+    cannot read."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as img:
         w, h = img.size
         if min(w, h) > size:  # JPEG draft decodes at a reduced scale that still covers `size`
             s = size / min(w, h)
             img.draft("L" if channels == 1 else "RGB", (math.ceil(w * s), math.ceil(h * s)))
-        img = img.convert("L" if channels == 1 else "RGB")
+        # Photos from cameras and phones store their orientation in EXIF: show them upright.
+        img = ImageOps.exif_transpose(img).convert("L" if channels == 1 else "RGB")
         w, h = img.size
         side = min(w, h)
         left, top = (w - side) // 2, (h - side) // 2
@@ -104,8 +106,9 @@ def _collate(batch):
 
 
 def _map(dataset, workers: int, batch_size: int = 256):
-    # Worker processes only pay off beyond a few hundred files.
-    n = workers if len(dataset) > 4 * batch_size else 0
+    # Worker processes only pay off beyond a few hundred files, and not beyond one per core.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(workers, cores) if len(dataset) > 4 * batch_size else 0
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=n, collate_fn=_collate)
 
 
