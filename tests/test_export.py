@@ -138,3 +138,12 @@ def test_eval_prints_accuracy_cost_and_latency(runs, tmp_path, capsys):
     assert r2["images"] == 6 and r2["per_class"]["class_3"]["images"] == 3 and r2["per_class"]["class_0"]["images"] == 0
     os.rename(other / "class_1", other / "dog")
     fails_with_one_line(capsys, ["eval", str(runs / "train"), "--data", str(other)], "dog", "not trained on")
+
+
+def test_onnx_without_the_extra_says_how_to_install_it(runs, tmp_path, capsys, monkeypatch):
+    import importlib.util as util
+    real = util.find_spec
+    monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    fails_with_one_line(capsys, ["export", str(runs / "train"), "-o", str(tmp_path / "m.onnx")],
+                        "pip install 'entrannas[onnx]'")
+    assert not any(tmp_path.iterdir())
