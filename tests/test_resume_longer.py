@@ -12,8 +12,9 @@ from entrannas.checkpoint import load_checkpoint
 from entrannas.cli import main
 from entrannas.search import cosine_lr
 
-SEARCH = ["data.limit=64", "data.eval_limit=64", "model.C=4", "model.layers=3", "optim.batch_size=32",
-          "optim.epochs=2", "run.tensorboard=false", "run.plots=false"]
+SEARCH = ["data.dataset=synthetic", "data.synthetic_shape=[1, 8, 8]", "data.synthetic_size=128",
+          "model.C=4", "model.layers=3", "optim.batch_size=32", "optim.epochs=2", "run.tensorboard=false",
+          "run.plots=false"]
 TRAIN = ["data.limit=64", "data.eval_limit=64", "model.C=4", "model.layers=3", "optim.batch_size=32",
          "optim.epochs=1", "model.drop_path=0.2", "run.tensorboard=false", "run.plots=false"]
 
@@ -72,3 +73,7 @@ def test_a_finished_training_continues_for_longer(tmp_path, capsys):
         assert r["drop_path"] == pytest.approx(0.2 * r["epoch"] / 3)
     assert json.loads((run / "summary.json").read_text())["epochs"] == 3
     assert "extending the run from 1 to 3 epochs" in (run / "log.txt").read_text()
+    # eval works on a built-in data set too: the whole test set, named classes.
+    assert main(["eval", str(run), "--no-latency"]) == 0
+    r = json.loads((run / "eval.json").read_text())
+    assert r["images"] == 10000 and "Ankle boot" in r["per_class"] and r["epochs_trained"] == 3
