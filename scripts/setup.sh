@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what entrannas needs on a fresh machine: the CPU build of PyTorch (pinned first, so
-# pip never pulls the multi-GB CUDA wheels), the package with its test extras, and the real
+# pip never pulls the multi-GB CUDA wheels), the package with its test and onnx extras (so the
+# export tests run), and the real
 # Fashion-MNIST data (Debian package dataset-fashion-mnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +10,7 @@ PY=${PYTHON:-python3}
 if ! $PY -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null; then
     $PY -m pip install --quiet torch==2.13.0
 fi
-$PY -m pip install --quiet -e ".[test]"
+$PY -m pip install --quiet -e ".[test,onnx]"
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     SUDO=""

@@ -211,7 +211,7 @@ def test_cifar_missing(tmp_path, monkeypatch):
 
 
 def test_registry_and_synthetic():
-    assert D.DATASETS == ["fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"]
+    assert D.DATASETS == ["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic"]
     a, _ = D.load_dataset("synthetic", shape=(3, 8, 8), num_classes=5, train_size=50, test_size=10, seed=3)
     b, t = D.load_dataset("synthetic", shape=(3, 8, 8), num_classes=5, train_size=50, test_size=10, seed=3)
     assert a.images.shape == (50, 3, 8, 8) and t.images.shape == (10, 3, 8, 8)

@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 __all__ = ["SuperNet", "EngineCell", "TransitCell", "dst_coefficients", "dst_regulariser",
            "derive_top2", "derive_dst", "OPS", "SPACES", "op_names", "Genotype", "CellGenotype",
-           "load_genotype"]
+           "load_genotype", "load_model"]
 
 
 def __getattr__(name):
@@ -16,4 +16,7 @@ def __getattr__(name):
     if name in ("Genotype", "CellGenotype", "load_genotype", "GenotypeError"):
         from . import genotype
         return getattr(genotype, name)
+    if name == "load_model":  # export.py: a trained target network from a run folder
+        from .export import load_model
+        return load_model
     raise AttributeError(name)

@@ -48,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_later_commands(sub) -> None:
     """train, profile and child live in cli_train.py (the target-net side); experiment and
-    animate in cli_experiment.py."""
-    from . import cli_experiment, cli_train
+    animate in cli_experiment.py; eval and export in cli_model.py."""
+    from . import cli_experiment, cli_model, cli_train
     cli_train.add_commands(sub, _add_config_args)
     cli_experiment.add_commands(sub)
+    cli_model.add_commands(sub)
 
 
 def _version() -> str:
@@ -63,20 +64,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .export import ExportError
     from .fsutil import WriteError
     from .genotype import GenotypeError
     from .rundir import RunError
     return (ConfigError, DataError, GenotypeError, CheckpointError, RunError, FloatingPointError,
-            WriteError)
+            WriteError, ExportError)
 
 
 def cmd_search(args) -> int:
     from .config import load_config
     from .search import resume_search, run_search, run_search_seeds
     if args.resume:
-        if args.config or args.overrides:
-            raise _usage("--resume continues a run with its own config: drop --config/--set")
-        result = resume_search(args.resume, quiet=args.quiet)
+        if args.config:
+            raise _usage("--resume continues a run with its own config: drop --config "
+                         "(--set optim.epochs=N continues it for longer)")
+        result = resume_search(args.resume, quiet=args.quiet, overrides=args.overrides)
     else:
         if not args.config:
             raise _usage("give --config PRESET_OR_YAML (see `entrannas presets`) or --resume RUN_DIR")

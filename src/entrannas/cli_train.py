@@ -65,10 +65,10 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .train import resume_training, run_training
     if args.resume:
-        if args.config or args.overrides or args.genotype:
+        if args.config or args.genotype:
             raise ConfigError("--resume continues a run with its own config and genotype: "
-                              "drop --config/--set/--genotype")
-        result = resume_training(args.resume, quiet=args.quiet)
+                              "drop --config/--genotype (--set optim.epochs=N continues it for longer)")
+        result = resume_training(args.resume, quiet=args.quiet, overrides=args.overrides)
     else:
         if not args.genotype:
             raise ConfigError("give --genotype FILE_OR_NAME_OR_RUN_DIR (e.g. DARTS_V2), or --resume RUN_DIR")

@@ -19,7 +19,7 @@ import yaml
 
 __all__ = ["ConfigError", "DataConfig", "SearchModelConfig", "SearchOptimConfig", "RunConfig",
            "SearchConfig", "TargetModelConfig", "TrainOptimConfig", "TrainConfig", "presets",
-           "load_config", "to_dict", "from_dict"]
+           "load_config", "apply_overrides", "resume_config", "to_dict", "from_dict"]
 
 
 class ConfigError(ValueError):
@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "synthetic"] = "cifar10"
+    dataset: Literal["fashion-mnist", "cifar10", "cifar100", "imagenet", "folder", "synthetic"] = "cifar10"
     data_dir: str | None = None
     download: bool = True
     # Search: fraction of the training set for the weights (the architecture gets as much).
@@ -41,8 +41,20 @@ class DataConfig:
     crop_pad: int = 4
     flip: bool = True
     cutout: int = 0
-    image_size: int = 224  # imagenet only
-    workers: int = 4  # imagenet decoding processes
+    # Side of the square images the network sees: imagenet (null = 224) and folder (null = the
+    # images' most common short side); the other datasets keep their own size.
+    image_size: int | None = None
+    workers: int = 4  # decoding processes (imagenet, folder)
+    # folder (docs/design.md, "Your own data"): channels null = what the images are (1 if all
+    # are grayscale); the share of every class held out as the test set when there is no
+    # DIR/test/; strict refuses a file that is not an image instead of skipping it; in_memory
+    # auto decodes into memory when half the free memory holds it, else streams; cache_dir
+    # null = $ENTRANNAS_CACHE or ~/.cache/entrannas/folders.
+    channels: int | None = None
+    test_fraction: float = 0.2
+    strict: bool = False
+    in_memory: bool | Literal["auto"] = "auto"
+    cache_dir: str | None = None
     synthetic_shape: list[int] = field(default_factory=lambda: [3, 32, 32])
     synthetic_size: int = 1024
 
@@ -156,7 +168,10 @@ _CHECKS: dict[str, tuple] = {
     "data.limit": (lambda v: v is None or v > 0, "null or a positive integer"),
     "data.eval_limit": (lambda v: v is None or v > 0, "null or a positive integer"),
     "data.crop_pad": _NONNEG, "data.cutout": _NONNEG, "data.workers": _NONNEG,
-    "data.image_size": _POSITIVE, "data.synthetic_size": _POSITIVE,
+    "data.image_size": (lambda v: v is None or v > 0, "null or a positive integer"),
+    "data.synthetic_size": _POSITIVE,
+    "data.channels": (lambda v: v is None or v in (1, 3), "null, 1 (grayscale) or 3 (RGB)"),
+    "data.test_fraction": (lambda v: 0 < v < 1, "a fraction strictly between 0 and 1"),
     "model.C": _POSITIVE, "model.layers": (lambda v: v >= 3, "at least 3"),
     "model.bottleneck": (lambda v: v is None or v >= 1, "null or at least 1"),
     "model.tau0": (lambda v: v is None or v > 0, "null or a positive number"),
@@ -250,6 +265,13 @@ def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (
         _merge(cfg, raw, "")
     except ConfigError as e:  # name the file: the message is all the user sees
         raise ConfigError(f"config {spec}: {e}") from None
+    apply_overrides(cfg, overrides)
+    _check_combinations(cfg)
+    return cfg
+
+
+def apply_overrides(cfg, overrides) -> None:
+    """Apply `section.key=value` overrides (values are YAML) to `cfg` in place, validated."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.1)")
@@ -263,8 +285,32 @@ def load_config(spec: str | Path | None = None, overrides: list[str] | tuple = (
         for part in reversed(path):
             nested = {part: nested}
         _merge(cfg, nested, "")
-    _check_combinations(cfg)
-    return cfg
+
+
+# What `--resume RUN --set ...` may change: the length of the run (docs/design.md, "Continuing
+# a finished run"). Anything else would make the checkpoint's run another one.
+RESUMABLE_KEYS = ("optim.epochs",)
+
+
+def resume_config(cfg, overrides, epochs_done: int):
+    """The config a resumed run continues with: `cfg` (the checkpoint's) with `overrides`,
+    of which only optim.epochs may change anything, and never below the epochs done."""
+    import copy
+    new = copy.deepcopy(cfg)
+    apply_overrides(new, overrides)
+    flat = lambda c: {f"{sec}.{k}": v for sec, keys in to_dict(c).items() if isinstance(keys, dict)
+                      for k, v in keys.items()}
+    before, after = flat(cfg), flat(new)
+    changed = [k for k in after if after[k] != before.get(k) and k not in RESUMABLE_KEYS]
+    if changed:
+        raise ConfigError(f"--resume can only extend a run (--set optim.epochs=N); {changed[0]} would "
+                          f"change what it computes: start a new run with --config RUN/config.yaml "
+                          f"--set {changed[0]}=...")
+    if new.optim.epochs < epochs_done:
+        raise ConfigError(f"optim.epochs={new.optim.epochs} is fewer than the {epochs_done} epochs this run "
+                          f"has already done: a resumed run can only be made longer")
+    _check_combinations(new)
+    return new
 
 
 def _merge(obj, raw: dict, prefix: str) -> None:

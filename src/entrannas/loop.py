@@ -10,23 +10,23 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import (Augment, BatchLoader, DataError, derive_seed, imagenet_loader,
+from .data import (Augment, BatchLoader, DataError, FolderImageSet, derive_seed, imagenet_loader,
                    imagenet_search_subset, load_dataset, split_indices)
 from .data.augment import normalize
 from .data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from . import accel
 from . import distributed as ddp
 from .fsutil import WriteError
-from .rundir import NullRunFolder, RunError, RunFolder, format_eta
+from .rundir import NullRunFolder, RunError, RunFolder, Timer, format_eta
 
-__all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "evaluate", "make_run_folder", "open_run_folder",
+__all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "load_datasets", "evaluate", "make_run_folder", "open_run_folder",
            "peak_memory_gib", "progress", "resolve_device", "seed_everything"]
 
 
@@ -94,15 +94,17 @@ def progress(total: int, initial: int, desc: str):
 
 class FolderLoader:
     """BatchLoader's interface over an image-folder dataset decoded in DataLoader workers
-    (ImageNet): order and augmentation depend only on (seed, epoch)."""
+    (ImageNet, or a folder too large for memory): order and augmentation depend only on
+    (seed, epoch, batch). `augment` (uint8 in) runs on the device, as in BatchLoader."""
 
     def __init__(self, dataset, indices, batch_size, shuffle, device, seed, workers, drop_last,
-                 rank=0, world_size=1):
+                 rank=0, world_size=1, augment=None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.dataset, self.indices = dataset, list(indices)
         # Like BatchLoader: each rank takes every world_size-th image of the epoch's order.
         self.rank, self.world_size = rank, world_size
         self.batch_size, self.shuffle, self.device = batch_size, shuffle, device
         self.seed, self.workers, self.drop_last = seed, workers, drop_last
+        self.augment, self.mean, self.std = augment, mean, std
         self.epoch = self.batch = 0
 
     def __len__(self):
@@ -129,7 +131,12 @@ class FolderLoader:
         loader = imagenet_loader(self.dataset, idx, self.batch_size, shuffle=False,
                                  num_workers=self.workers, seed=self.seed, epoch=self.epoch)
         for x, y in loader:
-            x = normalize(x.to(self.device, non_blocking=True), IMAGENET_MEAN, IMAGENET_STD)
+            x = x.to(self.device, non_blocking=True)
+            if self.augment is not None:
+                g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, self.batch, self.rank))
+                x = self.augment(x, g)
+            if x.dtype == torch.uint8:
+                x = normalize(x, self.mean, self.std)
             self.batch += 1
             yield x, y.to(self.device, non_blocking=True)
         self.epoch, self.batch = self.epoch + 1, 0
@@ -142,26 +149,44 @@ class Loaders:
     arch: object | None  # architecture half (search only)
     val: object  # search: part of the architecture half; train: the test set
     split: dict
+    notes: list = field(default_factory=list)  # lines for the run's log (folder: cache, skips)
+    meta: dict | None = None  # folder: classes and the held-out split, for RUN/dataset.json
+
+
+def load_datasets(cfg, device: torch.device | None = None):
+    """``(train, test)`` of the config's dataset, as `load_dataset` gives them."""
+    d, kwargs = cfg.data, {}
+    if d.dataset == "synthetic":
+        kwargs = dict(shape=tuple(d.synthetic_shape), train_size=d.synthetic_size,
+                      test_size=max(d.synthetic_size // 4, 1), seed=cfg.run.seed)
+    elif d.dataset == "imagenet":
+        kwargs = dict(size=d.image_size or 224)
+    elif d.dataset == "folder":
+        kwargs = dict(image_size=d.image_size, channels=d.channels, strict=d.strict,
+                      test_fraction=d.test_fraction, in_memory=d.in_memory, cache_dir=d.cache_dir,
+                      workers=d.workers, device=device)
+    return load_dataset(d.dataset, d.data_dir, download=d.download, **kwargs)
 
 
 def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:
-    d, o, seed = cfg.data, cfg.optim, cfg.run.seed
+    d = cfg.data
+    train, test = load_datasets(cfg, device)
+    if d.dataset == "imagenet":
+        return _imagenet_loaders(cfg, train, test, device, search)
+    aug = Augment(padding=d.crop_pad, flip=d.flip, cutout=d.cutout, mean=train.info.mean, std=train.info.std)
+    make = _streaming_loaders if isinstance(train, FolderImageSet) else _memory_loaders
+    loaders = make(cfg, train, test, device, search, aug)
+    loaders.notes, loaders.meta = getattr(train, "notes", []), getattr(train, "meta", None)
+    return loaders
+
+
+def _memory_loaders(cfg, train, test, device, search, aug) -> Loaders:
+    d, o, seed, info = cfg.data, cfg.optim, cfg.run.seed, train.info
     # optim.batch_size is the global batch: each of the W ranks takes 1/W of every batch (the
     # images a single process would put in it), so the run matches a single process's. The
     # evaluation sets are split among the ranks without truncation (sums are all-reduced).
     bs, rank, world = ddp.per_rank_batch(o.batch_size), ddp.rank(), ddp.world_size()
     shard = dict(rank=rank, world_size=world)
-    kwargs = {}
-    if d.dataset == "synthetic":
-        kwargs = dict(shape=tuple(d.synthetic_shape), train_size=d.synthetic_size,
-                      test_size=max(d.synthetic_size // 4, 1), seed=seed)
-    elif d.dataset == "imagenet":
-        kwargs = dict(size=d.image_size)
-    train, test = load_dataset(d.dataset, d.data_dir, download=d.download, **kwargs)
-    if d.dataset == "imagenet":
-        return _imagenet_loaders(cfg, train, test, device, search)
-    info = train.info
-    aug = Augment(padding=d.crop_pad, flip=d.flip, cutout=d.cutout, mean=info.mean, std=info.std)
     fmt = torch.channels_last if accel.use_channels_last(cfg.run, device) else torch.contiguous_format
     common = dict(mean=info.mean, std=info.std, device=device, memory_format=fmt)
     if search:
@@ -191,10 +216,39 @@ def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:
     return Loaders(info, train_l, None, test_l, {"train": len(train_l.indices), "test": len(test_idx)})
 
 
+def _streaming_loaders(cfg, train, test, device, search, aug) -> Loaders:
+    """A folder too large for memory: the in-memory loaders' split and augmentation, with the
+    images decoded per epoch in workers."""
+    d, o, seed = cfg.data, cfg.optim, cfg.run.seed
+    bs, rank, world = ddp.per_rank_batch(o.batch_size), ddp.rank(), ddp.world_size()
+    stats = dict(mean=train.info.mean, std=train.info.std)
+    mk = lambda ds, idx, shuffle, s, drop=True: (
+        FolderLoader(ds, idx, bs, True, device, s, d.workers, drop, rank, world, augment=aug, **stats)
+        if shuffle else FolderLoader(ds, list(idx)[rank::world], max(o.batch_size, 256), False, device,
+                                     s, d.workers, False, **stats))
+    if search:
+        w_idx, a_idx = split_indices(len(train), d.split, seed, d.limit)
+        n = min(len(w_idx), len(a_idx))
+        if n < o.batch_size:
+            raise DataError(f"only {n} images per half for batch size {o.batch_size}: "
+                            f"lower optim.batch_size or raise data.limit")
+        w_idx, a_idx = w_idx[:n].tolist(), a_idx[:n].tolist()
+        val_idx = a_idx[: d.eval_limit] if d.eval_limit else a_idx
+        return Loaders(train.info, mk(train, w_idx, True, derive_seed(seed, 1)),
+                       mk(train, a_idx, True, derive_seed(seed, 2)), mk(train, val_idx, False, seed),
+                       {"seed": seed, "fraction": d.split, "limit": d.limit, "weight": n, "arch": n,
+                        "val": len(val_idx)})
+    idx = list(range(len(train)))[: d.limit] if d.limit else range(len(train))
+    test_idx = list(range(len(test)))[: d.eval_limit] if d.eval_limit else range(len(test))
+    return Loaders(train.info, mk(train, idx, True, derive_seed(seed, 1), drop=False), None,
+                   mk(test, test_idx, False, seed), {"train": len(idx), "test": len(test_idx)})
+
+
 def _imagenet_loaders(cfg, train, val, device, search):
     from .data.base import DatasetInfo
     d, o, seed = cfg.data, cfg.optim, cfg.run.seed
-    info = DatasetInfo("imagenet", len(train.classes), 3, (d.image_size, d.image_size),
+    size = d.image_size or 224
+    info = DatasetInfo("imagenet", len(train.classes), 3, (size, size),
                        tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
     bs, rank, world = ddp.per_rank_batch(o.batch_size), ddp.rank(), ddp.world_size()
     # Training halves: every world-th image of each epoch's order; evaluation: a fixed shard.
@@ -305,6 +359,18 @@ class StepAccounting:
                 self.run_epochs(stop)
             except WriteError as e:
                 raise self.write_failed(e) from None
+
+    def extend(self, old_epochs: int, schedules: str) -> None:
+        """A resumed run given more epochs (`--resume RUN --set optim.epochs=N`): say so, and
+        save the config and a checkpoint with the new length at once, so a plain --resume after
+        a kill goes on with it. The epochs already done keep what they computed; the rest
+        follow the schedules of a run planned with the new length from the start."""
+        new = self.cfg.optim.epochs
+        self.run.log.info(f"extending the run from {old_epochs} to {new} epochs: epochs {self.epoch + 1}-{new} "
+                          f"follow {schedules} of a {new}-epoch run")
+        self.run.write_config(self.cfg)
+        self.timer = Timer(self.elapsed)
+        self.checkpoint()
 
     def write_failed(self, err: WriteError) -> RunError:
         """The error for a run file that could not be written (a full disk): the checkpoint

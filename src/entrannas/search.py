@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
-from .config import SearchConfig, from_dict, to_dict
+from .config import SearchConfig, from_dict, resume_config, to_dict
 from .optim import clip_grad_norm_, optimizer_options
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
                    peak_memory_gib, progress, resolve_device, seed_everything)
@@ -173,7 +173,13 @@ class _Search(StepAccounting):
             run.keep_metrics_before(self.epoch)
         else:
             run.write_json("split.json", self.data.split)
+            if self.data.meta:  # an image folder: its classes and held-out test images
+                run.write_json("dataset.json", self.data.meta)
         ddp.broadcast_params(self.net)
+        if state is not None and state["config"]["optim"]["epochs"] != cfg.optim.epochs:
+            # tau0 * decay^epoch does not depend on the run's length: it keeps decaying.
+            self.extend(state["config"]["optim"]["epochs"], "the learning rate (cosine) and the "
+                        "temperature (tau0 * decay^epoch, unchanged by the length)")
 
     def checkpoint(self) -> None:
         with self.saving():  # refuses non-finite weights, on every rank
@@ -254,12 +260,13 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, quiet: bool
     return _drive(cfg, run, None)
 
 
-def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
+def resume_search(run_dir: str | Path, quiet: bool = False, overrides=()) -> SearchResult:
     """Continue a stopped search from its last checkpoint; the run's own config is used.
+    `overrides` may only set optim.epochs, to continue a (finished) search for longer.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
     state = load_run_checkpoint(run_dir, "search")
-    cfg = from_dict(state["config"], "search")
+    cfg = resume_config(from_dict(state["config"], "search"), overrides, state["epoch"])
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
     return _drive(cfg, run, state)
 
@@ -267,6 +274,8 @@ def resume_search(run_dir: str | Path, quiet: bool = False) -> SearchResult:
 def _drive(cfg, run: RunFolder, state) -> SearchResult:
     try:
         search = _Search(cfg, run, state)
+        for line in search.data.notes:
+            run.log.info(line)
         run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
                      f"per epoch x {cfg.optim.epochs} epochs, batch {cfg.optim.batch_size}, "
                      f"device {search.device}, {ddp.world_size()} process(es), run folder {run.path}")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import accel
 from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
-from .config import TrainConfig, from_dict, to_dict
+from .config import TrainConfig, from_dict, resume_config, to_dict
 from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
 from .optim import clip_grad_norm_, optimizer_options
@@ -90,6 +90,14 @@ def train_step(net, opt: torch.optim.Optimizer, x, y, cfg: TrainConfig):
     return loss.detach(), logits.detach()
 
 
+def info_dict(info) -> dict:
+    """What a trained network needs to know of its data (classes, input size, normalisation):
+    kept in the checkpoint, so loading the model needs no data set (export.py)."""
+    return {"name": info.name, "num_classes": info.num_classes, "channels": info.channels,
+            "image_size": list(info.image_size), "mean": list(info.mean), "std": list(info.std),
+            "classes": list(info.classes) if info.classes else None}
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -147,10 +155,15 @@ class _Training(StepAccounting):
             run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
             run.remove_stale_temp_files()
             run.keep_metrics_before(self.epoch)
+        elif self.data.meta:  # an image folder: its classes and held-out test images
+            run.write_json("dataset.json", self.data.meta)
         ddp.broadcast_params(self.net)
         # What runs the batches: the net itself, or its torch.compile'd wrapper (run.compile);
         # checkpoints always hold the plain net's weights.
         self.forward = accel.compiled(self.net, cfg.run, self.device)
+        if state is not None and state["config"]["optim"]["epochs"] != o.epochs:
+            self.extend(state["config"]["optim"]["epochs"], f"the learning rate ({o.schedule}) and "
+                        f"the drop path (rising to model.drop_path)")
 
     def checkpoint(self) -> None:
         with self.saving():  # refuses non-finite weights, on every rank
@@ -159,6 +172,7 @@ class _Training(StepAccounting):
                     "kind": "train", "config": to_dict(self.cfg), "genotype": self.genotype.to_dict(),
                     "epoch": self.epoch, "step": self.step, "partial": self.partial,
                     "elapsed": self.timer.elapsed, "rng": _rng_state(self.device),
+                    "data_info": info_dict(self.data.info),
                     "net": self.net.state_dict(), "opt": self.opt.state_dict()})
 
     def run_epochs(self, stop: StopFlag) -> None:
@@ -227,12 +241,13 @@ def run_training(cfg: TrainConfig, genotype, run_dir: str | Path | None = None, 
     return _drive(cfg, genotype, run, None)
 
 
-def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
+def resume_training(run_dir: str | Path, quiet: bool = False, overrides=()) -> TrainResult:
     """Continue a stopped training run from its last checkpoint, with its own config and genotype.
+    `overrides` may only set optim.epochs, to continue a (finished) training for longer.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
     state = load_run_checkpoint(run_dir, "train")
-    cfg = from_dict(state["config"], "train")
+    cfg = resume_config(from_dict(state["config"], "train"), overrides, state["epoch"])
     genotype = Genotype.from_dict(state["genotype"])
     run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
     return _drive(cfg, genotype, run, state)
@@ -241,6 +256,8 @@ def resume_training(run_dir: str | Path, quiet: bool = False) -> TrainResult:
 def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> TrainResult:
     try:
         training = _Training(cfg, genotype, run, state)
+        for line in training.data.notes:
+            run.log.info(line)
         info = training.data.info
         cost = net_cost(cfg, genotype, info)
         run.log.info(f"training on {cfg.data.dataset}: C={cfg.model.C}, {cfg.model.layers} cells, "
