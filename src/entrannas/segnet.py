@@ -179,6 +179,10 @@ def load_backbone(net: SegNet, run_dir: str | Path, genotype: Any, C: int, layer
         raise CheckpointError(f"backbone {run_dir} has C={trained[0]}, {trained[1]} cells: add --set "
                               f"model.C={trained[0]} --set model.layers={trained[1]}")
     weights = {k: v for k, v in state["net"].items() if not k.startswith(("classifier.", "auxiliary_head."))}
+    stem = weights.get("stem0.0.weight")
+    if stem is not None and stem.shape[1] != net.backbone.stem0[0].in_channels:
+        raise CheckpointError(f"backbone {run_dir} takes {stem.shape[1]}-channel images, the data has "
+                              f"{net.backbone.stem0[0].in_channels}")
     try:
         net.backbone.load_state_dict(weights, strict=True)
     except RuntimeError as e:

@@ -12,7 +12,6 @@ from ..config import ConfigError, from_dict
 from ..confusion import confusion_matrix, segmentation_scores
 from ..genotype import GenotypeError, load_genotype
 from ..segment import load_segmentation_data
-from ..segnet import segnet_cost
 from .common import Context, markdown_table, run_jobs, segment_job, write_summary
 
 # The paper's Table 5 (Pascal VOC 2012 val, ImageNet-pretrained backbones): label -> mIoU %.
@@ -41,24 +40,21 @@ def background_baseline(cfg) -> dict:
 
 def run(ctx: Context) -> dict:
     s = ctx.settings
-    jobs, macs = [], []
+    jobs, ops = [], []
     for b in s["backbones"]:
         g = _genotype(b["genotype"], ctx.scale)
         extra = [f"model.backbone={b['backbone']}"] if b.get("backbone") else []
         name = re.sub(r"[^a-z0-9.]+", "-", b["label"].lower()).strip("-")
-        job = segment_job(ctx, b["label"], s["segment"], name, g.to_dict(), extra,
-                          backbone_label=b["label"], genotype_source=str(b["genotype"]))
-        cfg = from_dict(job.config, "segment")
-        classes = _classes(cfg)
-        shape = (1 if cfg.data.dataset == "fmnist-scenes" else 3, cfg.data.crop_size, cfg.data.crop_size)
-        jobs.append(job)
-        macs.append(segnet_cost(cfg, g, len(classes), shape)["macs_M"])
-    # the most expensive first, so that --jobs 2 packs them well; the table keeps its order
-    order = sorted(range(len(jobs)), key=lambda i: -macs[i])
+        jobs.append(segment_job(ctx, b["label"], s["segment"], name, g.to_dict(), extra,
+                                backbone_label=b["label"], genotype_source=str(b["genotype"])))
+        ops.append(g.normal.num_ops + g.reduce.num_ops)
+    # the most expensive (most ops) first, so that --jobs 2 packs them well; the table keeps its order
+    order = sorted(range(len(jobs)), key=lambda i: -ops[i])
     rows: list[dict] = [{}] * len(jobs)
     for i, r in zip(order, run_jobs(ctx, [jobs[i] for i in order])):
         rows[i] = r
     cfg0 = from_dict(jobs[0].config, "segment")
+    classes = _classes(cfg0)
     base = background_baseline(cfg0)
     for r in rows:
         if r["backbone_label"] in PAPER:
