@@ -93,7 +93,7 @@ def evaluate_segmentation(net, loader: SegLoader, num_classes: int, run_cfg=None
         with accel.autocast(run_cfg, device) if run_cfg is not None else contextlib.nullcontext():
             logits = net(x)
         loss_sum += F.cross_entropy(logits.float(), y, ignore_index=IGNORE, reduction="sum").double()
-        cm += confusion_matrix(logits.argmax(1), y, num_classes)
+        cm += confusion_matrix(logits.max(1).indices, y, num_classes)
     net.train(was_training)
     scores = segmentation_scores(cm)
     pixels = int(cm.sum())
@@ -153,7 +153,7 @@ class _Segmenting(StepAccounting):
 
     def hits(self, logits, y):
         valid = y != IGNORE
-        return float(((logits.argmax(1) == y) & valid).sum()), int(valid.sum())
+        return float(((logits.max(1).indices == y) & valid).sum()), int(valid.sum())
 
     def checkpoint(self) -> None:
         with self.saving():  # refuses non-finite weights
