@@ -171,9 +171,10 @@ def load_run_checkpoint(run_dir: str | os.PathLike, kind: str) -> dict:
                               f"so there is nothing to resume; start it again with `entrannas "
                               f"{kind} {again}`")
     state = load_checkpoint(path)
-    if state.get("kind") != kind:
-        other = state.get("kind") if state.get("kind") in _FIELDS else ("search" if kind == "train" else "train")
-        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a {kind} run: "
+    found = state.get("kind")
+    if found != kind:
+        other = found if found in _FIELDS else ("search" if kind == "train" else "train")
+        raise CheckpointError(f"{run_dir} holds a {found} checkpoint, not a {kind} run: "
                               f"use `entrannas {other} --resume {run_dir}`")
     for key, (ok, what) in _FIELDS[kind].items():
         if key not in state:
