@@ -184,3 +184,33 @@ def test_sigterm_stops_parallel_sub_runs_with_a_checkpoint_and_no_orphans(tmp_pa
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stderr.decode()
     assert any("resuming from" in p.read_text() for p in out.glob("runs/*/log.txt"))
+
+
+def test_segmentation_table_reports_each_backbone_and_the_background_floor(tmp_path, monkeypatch):
+    from entrannas.config import load_config
+    from entrannas.experiments.segmentation import PAPER, background_baseline
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the DST cells: results/flexibility-cpu
+    out = tmp_path / "seg"
+    tiny = ["data.scenes_train=8", "data.scenes_val=8", "model.C=4", "model.layers=3",
+            "model.head_channels=8", "optim.batch_size=8", "optim.epochs=1", "run.plots=false"]
+    res = run_experiment("segmentation", "cpu", out, overrides=tiny, quiet=True)
+    labels = [r["label"] for r in res["rows"]]
+    assert labels == ["DARTS", "EnTranNAS-DST (lambda 0.2)", "EnTranNAS-DST (lambda 0.1)",
+                      "EnTranNAS-DST (lambda 0.05)"]
+    for r in res["rows"]:
+        run_dir = Path(r["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert r["miou"] == summary["miou"] and r["paper_miou"] == PAPER[r["label"]]
+        trained = json.loads((run_dir / "genotype.json").read_text())
+        if r["label"] != "DARTS":  # the CPU-scale Table 4 cell of that lambda
+            lam = r["label"].split()[-1].rstrip(")")
+            found = json.loads(Path(f"results/flexibility-cpu/runs/lambda-{lam}/genotype.json").read_text())
+            assert trained["normal"] == found["normal"] and trained["reduce"] == found["reduce"]
+    # the floor: background everywhere scores the background's share of the labelled pixels
+    base = background_baseline(load_config("fmnist-scenes", tiny, kind="segment"))
+    assert res["baseline"] == base and base["miou"] == pytest.approx(base["iou"][0] / 11)
+    table = (out / "table.md").read_text()
+    assert "predict background everywhere" in table and "77.10" in table and "ResNet-50" in table
+    again = run_experiment("segmentation", "cpu", out, overrides=tiny, quiet=True)
+    assert [r["miou"] for r in again["rows"]] == [r["miou"] for r in res["rows"]]
+    assert all(r["resumed"] for r in again["rows"])  # reused, not trained again

@@ -155,23 +155,26 @@ _FIELDS = {
     "train": {**_COMMON, "opt": (_is_optimizer, "an optimizer state"),
               "rng": (_is_rng, "a random generator state")},
 }
+_FIELDS["segment"] = _FIELDS["train"]
 
 
 def load_run_checkpoint(run_dir: str | os.PathLike, kind: str) -> dict:
-    """RUN/checkpoint.pt of a `search` or `train` run, refused with a hint if it is the other
-    kind, and with the field named if one that a resume needs is missing or of a wrong type."""
+    """RUN/checkpoint.pt of a `search`, `train` or `segment` run, refused with a hint if it is
+    another kind, and with the field named if one that a resume needs is missing or of a wrong
+    type."""
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists() and _config_kind(Path(run_dir) / "config.yaml") == kind:
         again = f"--config {Path(run_dir) / 'config.yaml'} --out {run_dir}"
-        if kind == "train":
+        if kind in ("train", "segment"):
             again += f" --genotype {run_dir}"
         raise CheckpointError(f"{path} does not exist: the run stopped before its first checkpoint, "
                               f"so there is nothing to resume; start it again with `entrannas "
                               f"{kind} {again}`")
     state = load_checkpoint(path)
-    if state.get("kind") != kind:
-        other = "search" if kind == "train" else "train"
-        raise CheckpointError(f"{run_dir} holds a {state.get('kind')} checkpoint, not a {kind} run: "
+    found = state.get("kind")
+    if found != kind:
+        other = found if found in _FIELDS else ("search" if kind == "train" else "train")
+        raise CheckpointError(f"{run_dir} holds a {found} checkpoint, not a {kind} run: "
                               f"use `entrannas {other} --resume {run_dir}`")
     for key, (ok, what) in _FIELDS[kind].items():
         if key not in state:
@@ -182,7 +185,7 @@ def load_run_checkpoint(run_dir: str | os.PathLike, kind: str) -> dict:
     from .genotype import Genotype, GenotypeError
     try:
         from_dict(state["config"], kind)
-        if kind == "train":
+        if kind in ("train", "segment"):
             Genotype.from_dict(state["genotype"])
     except (ConfigError, GenotypeError) as e:
         raise _corrupt(path, f"its {'config' if isinstance(e, ConfigError) else 'genotype'} is "

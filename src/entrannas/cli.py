@@ -47,10 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_later_commands(sub) -> None:
-    """train, profile and child live in cli_train.py (the target-net side); experiment and
-    animate in cli_experiment.py; eval and export in cli_model.py."""
-    from . import cli_experiment, cli_model, cli_train
+    """train, profile and child live in cli_train.py (the target-net side), segment in
+    cli_segment.py; experiment and animate in cli_experiment.py; eval and export in cli_model.py."""
+    from . import cli_experiment, cli_model, cli_segment, cli_train
     cli_train.add_commands(sub, _add_config_args)
+    cli_segment.add_commands(sub, _add_config_args)
     cli_experiment.add_commands(sub)
     cli_model.add_commands(sub)
 
@@ -110,7 +111,7 @@ def cmd_plot(args) -> int:
 
 def cmd_presets(args) -> int:
     from .config import presets
-    for kind in ("search", "train"):
+    for kind in ("search", "train", "segment"):
         names = presets(kind)
         if names:
             print(f"{kind}: {', '.join(names)}")

@@ -1,4 +1,4 @@
-"""`entrannas experiment` (the paper's Tables 1-4 and the appendix animation) and
+"""`entrannas experiment` (the paper's Tables 1-5 and the appendix animation) and
 `entrannas animate` (a GIF of any search's cells per epoch)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ __all__ = ["add_commands"]
 
 def add_commands(sub) -> None:
     from .experiments import EXPERIMENTS, SCALES
-    e = sub.add_parser("experiment", help="reproduce one of the paper's measurements (Tables 1-4, animation)",
+    e = sub.add_parser("experiment", help="reproduce one of the paper's measurements (Tables 1-5, animation)",
                        description="Runs the sub-runs (resuming unfinished ones, reusing finished "
                        "ones) and writes OUT/table.md, OUT/results.json and plots. Experiments: "
                        + "; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()))

@@ -13,6 +13,7 @@ from .config import ConfigError
 __all__ = ["add_commands"]
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
+SEG_DATASETS = ("voc", "fmnist-scenes")
 
 
 def add_commands(sub, add_config_args) -> None:
@@ -25,9 +26,12 @@ def add_commands(sub, add_config_args) -> None:
 
     p = sub.add_parser("profile", help="params (M) and multiply-adds (M) of a genotype's target network")
     p.add_argument("genotype", help="a genotype JSON file, a run folder, a builtin name or a DARTS string")
-    p.add_argument("--dataset", "-d", choices=DATASETS, default="cifar10",
-                   help="sets the defaults: cifar C=36 20 cells 32x32; imagenet C=48 14 cells 224x224; "
-                        "fashion-mnist C=36 20 cells 28x28x1")
+    p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
+                   help="segmentation: the DeepLabV3 network with the genotype's atrous backbone")
+    p.add_argument("--dataset", "-d", choices=DATASETS + SEG_DATASETS,
+                   help="sets the defaults: cifar10 (the default) C=36 20 cells 32x32; imagenet C=48 14 cells "
+                        "224x224; fashion-mnist C=36 20 cells 28x28x1; segmentation: voc (the default) its "
+                        "preset voc-deeplabv3, C=48 14 cells 513x513; fmnist-scenes its preset")
     p.add_argument("--C", type=_positive, help="initial channels (default: the dataset's)")
     p.add_argument("--layers", type=_layers, help="number of cells (default: the dataset's)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -92,7 +96,11 @@ def cmd_profile(args) -> int:
     from .genotype import load_genotype
     from .measure import profile_genotype
     g = load_genotype(args.genotype)
-    r = profile_genotype(g, args.dataset, C=args.C, layers=args.layers)
+    if args.task == "segmentation":
+        return _profile_segmentation(g, args)
+    if args.dataset in SEG_DATASETS:
+        raise ConfigError(f"{args.dataset} is a segmentation data set: add --task segmentation")
+    r = profile_genotype(g, args.dataset or "cifar10", C=args.C, layers=args.layers)
     if args.json:
         print(json.dumps({**r, "input_shape": list(r["input_shape"])}, indent=1))
         return 0
@@ -101,10 +109,31 @@ def cmd_profile(args) -> int:
             ("params (M)", f"{r['params_M']:.2f}"), ("multiply-adds (M)", f"{r['macs_M']:.0f}"),
             ("ops normal / reduce", f"{r['ops_normal']} / {r['ops_reduce']}"),
             ("edges normal / reduce", f"{r['edges_normal']} / {r['edges_reduce']}")]
+    _print_rows(rows)
+    return 0
+
+
+def _profile_segmentation(g, args) -> int:
+    from .segnet import profile_segmentation
+    if args.dataset not in (None, *SEG_DATASETS):
+        raise ConfigError(f"--task segmentation takes --dataset {' or '.join(SEG_DATASETS)}, not {args.dataset}")
+    r = profile_segmentation(g, args.dataset or "voc", C=args.C, layers=args.layers)
+    if args.json:
+        print(json.dumps({**r, "input_shape": list(r["input_shape"])}, indent=1))
+        return 0
+    _print_rows([("task", f"segmentation (DeepLabV3, preset {r['preset']})"), ("dataset", r["dataset"]),
+                 ("channels C", r["C"]), ("cells", r["layers"]), ("output stride", r["output_stride"]),
+                 ("ASPP rates", "/".join(map(str, r["aspp_rates"]))), ("classes", r["num_classes"]),
+                 ("input", "x".join(map(str, r["input_shape"]))), ("params (M)", f"{r['params_M']:.2f}"),
+                 ("  backbone / head", f"{r['backbone_params_M']:.2f} / {r['head_params_M']:.2f}"),
+                 ("multiply-adds (M)", f"{r['macs_M']:.0f}")])
+    return 0
+
+
+def _print_rows(rows) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
-    return 0
 
 
 def cmd_child(args) -> int:

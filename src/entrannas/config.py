@@ -1,4 +1,4 @@
-"""One config system for search and training: dataclasses, YAML presets, `key=value` overrides.
+"""One config system for search, training and segmentation: dataclasses, YAML presets, `key=value` overrides.
 
 A config is built from (1) the dataclass defaults, (2) a preset name or YAML file, (3) dotted
 overrides such as `optim.lr=0.1`. Every step validates names, types and ranges and raises
@@ -18,7 +18,8 @@ from typing import Any, Literal
 import yaml
 
 __all__ = ["ConfigError", "DataConfig", "SearchModelConfig", "SearchOptimConfig", "RunConfig",
-           "SearchConfig", "TargetModelConfig", "TrainOptimConfig", "TrainConfig", "presets",
+           "SearchConfig", "TargetModelConfig", "TrainOptimConfig", "TrainConfig", "SegDataConfig",
+           "SegModelConfig", "SegOptimConfig", "SegmentConfig", "presets",
            "load_config", "apply_overrides", "resume_config", "to_dict", "from_dict"]
 
 
@@ -158,7 +159,63 @@ class TrainConfig:
     kind: Literal["train"] = "train"
 
 
-KINDS = {"search": SearchConfig, "train": TrainConfig}
+@dataclass
+class SegDataConfig:
+    # voc: Pascal VOC 2012 in data_dir; fmnist-scenes: scenes of Fashion-MNIST items
+    # (data/scenes.py), data_dir holding Fashion-MNIST (default: the system copy).
+    dataset: Literal["voc", "fmnist-scenes"] = "voc"
+    data_dir: str | None = None
+    download: bool = True  # fmnist-scenes: fetch Fashion-MNIST when it is missing
+    # voc: the lists ImageSets/Segmentation/<name>.txt (train_aug: the SBD-augmented list)
+    train_split: str = "train"
+    val_split: str = "val"
+    crop_size: int = 513  # training crop; evaluation pads whole images to it (ignored)
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])  # random scale range
+    flip: bool = True
+    limit: int | None = None  # training images used; null = all
+    eval_limit: int | None = None  # validation images scored; null = all
+    workers: int = 4  # voc decoding processes
+    scenes_train: int = 10000
+    scenes_val: int = 2000
+    scene_seed: int = 0  # the scenes depend on it alone (not on run.seed)
+    scene_canvas: int = 64
+    scene_items: list[int] = field(default_factory=lambda: [2, 4])  # items per scene, min and max
+    scene_threshold: float = 0.2  # ink (fraction of 255) above which a pixel is the item's
+
+
+@dataclass
+class SegModelConfig:
+    C: int = 48  # the backbone: the ImageNet-setting target network of the genotype
+    layers: int = 14
+    output_stride: int = 16
+    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18])
+    head_channels: int = 256
+    dropout: float = 0.1  # after the ASPP projection
+    # an ImageNet `train` run whose weights start the backbone; null = from scratch
+    backbone: str | None = None
+
+
+@dataclass
+class SegOptimConfig:
+    epochs: int = 46
+    batch_size: int = 16
+    lr: float = 0.007
+    power: float = 0.9  # poly: lr * (1 - step / steps) ** power, set every step
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+
+
+@dataclass
+class SegmentConfig:
+    data: SegDataConfig = field(default_factory=SegDataConfig)
+    model: SegModelConfig = field(default_factory=SegModelConfig)
+    optim: SegOptimConfig = field(default_factory=SegOptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    kind: Literal["segment"] = "segment"
+
+
+KINDS = {"search": SearchConfig, "train": TrainConfig, "segment": SegmentConfig}
 
 # Range checks that types cannot express: key -> (predicate, what is allowed).
 _POSITIVE = (lambda v: v > 0, "a positive number")
@@ -188,6 +245,15 @@ _CHECKS: dict[str, tuple] = {
     "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.arch_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "run.log_every": _POSITIVE, "run.checkpoint_every": _NONNEG,
+    "data.crop_size": _POSITIVE, "data.scenes_train": _POSITIVE, "data.scenes_val": _POSITIVE,
+    "data.scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two numbers 0 < min <= max"),
+    "data.scene_canvas": (lambda v: v >= 28, "at least 28 (one Fashion-MNIST item)"),
+    "data.scene_items": (lambda v: len(v) == 2 and 1 <= v[0] <= v[1], "two integers 1 <= min <= max"),
+    "data.scene_threshold": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "model.output_stride": (lambda v: v in (8, 16, 32), "8, 16 or 32"),
+    "model.aspp_rates": (lambda v: all(r > 0 for r in v), "a list of positive integers"),
+    "model.head_channels": _POSITIVE, "model.dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.power": _POSITIVE,
 }
 
 

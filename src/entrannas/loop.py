@@ -26,8 +26,9 @@ from . import distributed as ddp
 from .fsutil import WriteError
 from .rundir import NullRunFolder, RunError, RunFolder, Timer, format_eta
 
-__all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "load_datasets", "evaluate", "make_run_folder", "open_run_folder",
-           "peak_memory_gib", "progress", "resolve_device", "seed_everything"]
+__all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "load_datasets", "evaluate",
+           "make_run_folder", "open_run_folder", "peak_memory_gib", "progress", "resolve_device",
+           "rng_state", "seed_everything", "set_rng_state"]
 
 
 class Interrupted(Exception):
@@ -77,6 +78,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict:
+    """The global generators' state, for a checkpoint: drop path and dropout draw from them
+    (the loaders have their own), so a resumed run must continue from the same state."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -399,13 +415,18 @@ class StepAccounting:
         yield
         self.saved = (self.epoch, self.step)
 
+    def hits(self, logits, y) -> tuple[float, int]:
+        """Correct predictions in a batch and how many were made (the segmentation loop
+        counts pixels and leaves out the ignored ones)."""
+        return float((logits.argmax(1) == y).sum()), y.numel()
+
     def account_step(self, loss, logits, y, stop: StopFlag, epoch: int, steps: int, total: int,
                      done0: int, bar, extra: str) -> None:
         # Global sums: every rank gets the same, so a non-finite loss or a stop request on
         # any rank stops all of them at the same step.
+        correct, count = self.hits(logits, y)
         loss_sum, correct, count, stopping = ddp.allreduce_sum(
-            [float(loss) * y.numel(), float((logits.argmax(1) == y).sum()), y.numel(),
-             float(stop.requested)])
+            [float(loss) * count, correct, count, float(stop.requested)])
         if not math.isfinite(loss_sum):
             bar.close()
             raise self.diverged(f"the training loss became {loss_sum / count} at epoch {epoch + 1}, "

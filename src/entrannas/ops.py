@@ -87,10 +87,14 @@ class FactorizedReduce(nn.Module):
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        # 1 in an atrous backbone (segnet.py): the same weights, the offset branch reading
+        # the pixel one down and right, the resolution kept
+        self.stride = 2
 
     def forward(self, x):
         x = self.relu(x)
-        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
+        s = self.stride
+        even, odd = x[:, :, ::s, ::s], x[:, :, 1::s, 1::s]
         if odd.shape[-2:] != even.shape[-2:]:
             odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
         return self.bn(torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1))

@@ -29,7 +29,7 @@ from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
 from .optim import clip_grad_norm_, optimizer_options
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
-                   peak_memory_gib, progress, resolve_device, seed_everything)
+                   peak_memory_gib, progress, resolve_device, rng_state, seed_everything, set_rng_state)
 from .measure import count_macs, count_params
 from .rundir import RunFolder, Timer, format_eta
 from .search import cosine_lr
@@ -109,21 +109,6 @@ class TrainResult:
         return self.summary.get("test_acc", float("nan"))
 
 
-def _rng_state(device: torch.device) -> dict:
-    # Drop path draws its masks from the global generator (the loader has its own), so a
-    # resumed run must continue from the same generator state to drop the same paths.
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 class _Training(StepAccounting):
     """State of one training run; `run_epochs()` trains until done or until a stop request."""
 
@@ -145,7 +130,7 @@ class _Training(StepAccounting):
             try:
                 self.net.load_state_dict(state["net"])
                 self.opt.load_state_dict(state["opt"])
-                _set_rng_state(state["rng"], self.device)
+                set_rng_state(state["rng"], self.device)
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 raise mismatch(run.file("checkpoint.pt"), e) from None
             self.epoch, self.step = state["epoch"], state["step"]
@@ -171,7 +156,7 @@ class _Training(StepAccounting):
                 save_checkpoint(self.run.file("checkpoint.pt"), {
                     "kind": "train", "config": to_dict(self.cfg), "genotype": self.genotype.to_dict(),
                     "epoch": self.epoch, "step": self.step, "partial": self.partial,
-                    "elapsed": self.timer.elapsed, "rng": _rng_state(self.device),
+                    "elapsed": self.timer.elapsed, "rng": rng_state(self.device),
                     "data_info": info_dict(self.data.info),
                     "net": self.net.state_dict(), "opt": self.opt.state_dict()})
 

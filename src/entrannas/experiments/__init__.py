@@ -1,14 +1,15 @@
-"""The paper's measurements, one command each (Tables 1-4 and the appendix animation):
+"""The paper's measurements, one command each (Tables 1-5 and the appendix animation):
 
     entrannas experiment consistency --scale cpu     # Table 1
     entrannas experiment kendall --scale cpu         # Table 2
     entrannas experiment efficiency --scale cpu      # Table 3
     entrannas experiment flexibility --scale cpu     # Table 4
     entrannas experiment animation --scale cpu       # appendix B's video, as a GIF
+    entrannas experiment segmentation --scale cpu    # Table 5
 
 or from Python: `run_experiment("kendall", scale="cpu", out="results/kendall-cpu", jobs=2)`.
 Settings per scale live in configs/experiments/<name>.yaml. `cpu` is a Fashion-MNIST proxy
-sized for a 2-core machine; `paper` is the paper's setting (CIFAR-10/ImageNet and a GPU).
+sized for a 2-core machine; `paper` is the paper's setting (CIFAR-10/ImageNet/VOC and a GPU).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ EXPERIMENTS = {
     "efficiency": "Table 3: memory, largest batch and search cost per component",
     "flexibility": "Table 4: DST with lambda 0.2 / 0.1 / 0.05: edges, params, FLOPs",
     "animation": "Appendix B: GIF of the derived cells at every epoch of a DST search",
+    "segmentation": "Table 5: DARTS and DST cells as DeepLabV3 backbones, mIoU",
 }
 
 __all__ = ["EXPERIMENTS", "SCALES", "run_experiment"]

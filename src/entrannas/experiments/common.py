@@ -59,12 +59,13 @@ def machine() -> dict:
 
 @dataclass
 class Job:
-    """One sub-run: a search (optionally followed by its child-net evaluation) or a training."""
-    kind: str  # "search" or "train"
+    """One sub-run: a search (optionally followed by its child-net evaluation), a training or a
+    segmentation training."""
+    kind: str  # "search", "train" or "segment"
     label: str
     config: dict
     run_dir: Path
-    genotype: dict | None = None  # train: what to train
+    genotype: dict | None = None  # train, segment: what to train
     child: bool = False  # search: also measure super-net versus child-net accuracy
     extra: dict = field(default_factory=dict)  # carried into the result for the table
 
@@ -126,6 +127,14 @@ def _run_job(job: Job, threads: int | None, quiet: bool) -> dict:
             from ..child import child_accuracy
             c = child_accuracy(run_dir)
             out.update(supernet_acc=c["supernet_acc"], child_acc=c["child_acc"], gap=c["gap"])
+    elif job.kind == "segment":
+        from ..genotype import Genotype
+        from ..segment import resume_segmentation, run_segmentation
+        cfg = from_dict(job.config, "segment")
+        r = (run_segmentation(cfg, Genotype.from_dict(job.genotype), run_dir, quiet=quiet) if fresh
+             else resume_segmentation(run_dir, quiet=quiet))
+        out = {k: r.summary[k] for k in ("miou", "best_miou", "pixel_acc", "mean_acc", "iou", "params_M",
+                                         "macs_M", "wall_time")}
     else:
         from ..train import resume_training, run_training
         from ..genotype import Genotype
@@ -182,7 +191,7 @@ def run_jobs(ctx: Context, jobs: list[Job]) -> list[dict]:
         nonlocal done
         done += 1
         rate = (time.time() - t0) / done
-        acc = next((f"{k} {r[k]:.2f}%" for k in ("child_acc", "val_acc", "test_acc") if k in r), "")
+        acc = next((f"{k} {r[k]:.2f}%" for k in ("child_acc", "val_acc", "test_acc", "miou") if k in r), "")
         # The child-net accuracy alone would hide the super-net's: show both for searches.
         if "child_acc" in r:
             acc = f"super-net {r['supernet_acc']:.2f}% child-net {r['child_acc']:.2f}%"
@@ -226,6 +235,12 @@ def train_job(ctx: Context, label: str, spec: dict, run_name: str, genotype: dic
     return Job("train", label, to_dict(cfg), ctx.out / "runs" / run_name, genotype=genotype, extra=extra)
 
 
+def segment_job(ctx: Context, label: str, spec: dict, run_name: str, genotype: dict,
+                extra_set: list[str] = (), **extra) -> Job:
+    cfg = ctx.config(spec, extra_set, "segment")
+    return Job("segment", label, to_dict(cfg), ctx.out / "runs" / run_name, genotype=genotype, extra=extra)
+
+
 def fmt(v: Any, digits: int = 2) -> str:
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
@@ -241,14 +256,16 @@ def markdown_table(columns: list[tuple], rows: list[dict], digits: int = 2) -> s
     return "\n".join([head, rule, *body])
 
 
-def write_summary(ctx: Context, title: str, sections: list[str], data: dict, note: str = "") -> Path:
-    """OUT/table.md (the tables, the command, the machine, the wall time) and OUT/results.json."""
+def write_summary(ctx: Context, title: str, sections: list[str], data: dict, note: str = "",
+                  proxy: str | None = None) -> Path:
+    """OUT/table.md (the tables, the command, the machine, the wall time) and OUT/results.json.
+    ``proxy``: what the CPU scale stands in for, if not the default Fashion-MNIST line."""
     wall = time.time() - ctx.started
     command = "entrannas " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name in ("entrannas", "__main__.py") \
         else f"entrannas experiment {ctx.name} --scale {ctx.scale}"
     info = machine()
-    proxy = ("CPU-scale proxy on Fashion-MNIST: not the paper's CIFAR-10/ImageNet setting; compare "
-             "directions, not values." if ctx.scale == "cpu" else "Paper-scale settings.")
+    proxy = proxy or ("CPU-scale proxy on Fashion-MNIST: not the paper's CIFAR-10/ImageNet setting; "
+                      "compare directions, not values." if ctx.scale == "cpu" else "Paper-scale settings.")
     md = [f"# {title}", "", f"Scale: `{ctx.scale}`. {proxy}", "", *sections, ""]
     if note:
         md += [note, ""]
