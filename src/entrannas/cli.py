@@ -17,9 +17,22 @@ def _add_config_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--config", "-c", help="a preset name (see `entrannas presets`) or a YAML file")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
+    add_data_dir_arg(p)
     p.add_argument("--out", "-o", help="the run folder (default: runs/<preset>-s<seed>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help=f"continue a stopped {kind} run from its checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="log to RUN/log.txt only")
+
+
+def add_data_dir_arg(p: argparse.ArgumentParser, what: str = "the data set") -> None:
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"the folder that holds {what} (short for --set data.data_dir=DIR)")
+
+
+def config_overrides(args) -> list[str]:
+    """--set values, then --data-dir as the override it stands for (quoted: any path is a string)."""
+    import json
+    extra = [f"data.data_dir={json.dumps(str(args.data_dir))}"] if getattr(args, "data_dir", None) else []
+    return [*args.overrides, *extra]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +63,8 @@ def _add_later_commands(sub) -> None:
     """train, profile and child live in cli_train.py (the target-net side); experiment and
     animate in cli_experiment.py."""
     from . import cli_experiment, cli_train
-    cli_train.add_commands(sub, _add_config_args)
-    cli_experiment.add_commands(sub)
+    cli_train.add_commands(sub, _add_config_args, add_data_dir_arg)
+    cli_experiment.add_commands(sub, add_data_dir_arg)
 
 
 def _version() -> str:
@@ -63,24 +76,25 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
+    from .distributed import PeerError
     from .fsutil import WriteError
     from .genotype import GenotypeError
     from .rundir import RunError
     return (ConfigError, DataError, GenotypeError, CheckpointError, RunError, FloatingPointError,
-            WriteError)
+            WriteError, PeerError)
 
 
 def cmd_search(args) -> int:
     from .config import load_config
     from .search import resume_search, run_search, run_search_seeds
     if args.resume:
-        if args.config or args.overrides:
-            raise _usage("--resume continues a run with its own config: drop --config/--set")
+        if args.config or config_overrides(args):
+            raise _usage("--resume continues a run with its own config: drop --config/--set/--data-dir")
         result = resume_search(args.resume, quiet=args.quiet)
     else:
         if not args.config:
             raise _usage("give --config PRESET_OR_YAML (see `entrannas presets`) or --resume RUN_DIR")
-        cfg = load_config(args.config, args.overrides, kind="search")
+        cfg = load_config(args.config, config_overrides(args), kind="search")
         preset = Path(args.config).stem
         if args.seeds:
             result = run_search_seeds(cfg, args.seeds, args.out, quiet=args.quiet, preset=preset)
