@@ -19,7 +19,7 @@ import pytest
 
 from entrannas.runlock import LOCK_NAME
 
-from .conftest import INJECT, SEARCH, TRAIN, assert_same_run, child_env, cli, one_line, temp_files
+from .conftest import INJECT, SEARCH, TRAIN, assert_same_run, child_env, one_line, temp_files
 from .test_kill_resume import kill_chain
 
 SEED = 20251201
