@@ -1,4 +1,4 @@
-"""Super-net versus child-net accuracy of a search (paper Table 1, SPEC section 6).
+"""Super-net versus child-net accuracy of a search (paper section 4.1, Table 1).
 
     r = child_accuracy("runs/fmnist-quick-s0-...")
     r["supernet_acc"], r["child_acc"]
@@ -10,6 +10,7 @@ claims for Engine/Transit cells.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from .checkpoint import load_run_checkpoint, mismatch
 from .config import _merge, from_dict
 from .fsutil import atomic_write_text
 from .loop import build_loaders, evaluate, resolve_device, seed_everything
+from .runlock import hold_run
 from .search import build_supernet
 
 __all__ = ["child_accuracy"]
@@ -34,19 +36,28 @@ def _macs_per_image(net, x: torch.Tensor, **forward_kwargs) -> float:
 
 
 def child_accuracy(run_dir: str | Path, limit: int | None = None, device: str | None = None,
-                   macs: bool = False, write: bool = True) -> dict:
+                   macs: bool = False, write: bool = True, data_dir: str | None = None) -> dict:
     """Validation accuracy (%) of a search's super-net and of its child-net, from the run's
     latest checkpoint, on the search's own validation images (`limit`: at most that many;
     default: as many as the search validated on). `macs=True` adds the multiply-adds per image
-    of each (slow: the counter dispatches every op in Python). Writes RUN/child.json unless
-    `write=False`."""
+    of each (slow: the counter dispatches every op in Python). `data_dir`: where the search's
+    data set is now, if not where the search read it. Writes RUN/child.json unless
+    `write=False`; then it holds the run folder (runlock) and is refused while a search runs
+    in it."""
     run_dir = Path(run_dir)
+    with hold_run(run_dir) if write else contextlib.nullcontext():
+        return _child_accuracy(run_dir, limit, device, macs, write, data_dir)
+
+
+def _child_accuracy(run_dir: Path, limit, device, macs: bool, write: bool, data_dir) -> dict:
     state = load_run_checkpoint(run_dir, "search")
     cfg = from_dict(state["config"], "search")
     if limit is not None:
         _merge(cfg, {"data": {"eval_limit": int(limit)}}, "")
     if device is not None:
         _merge(cfg, {"run": {"device": device}}, "")
+    if data_dir is not None:
+        _merge(cfg, {"data": {"data_dir": str(data_dir)}}, "")
     dev = resolve_device(cfg.run.device)
     seed_everything(cfg.run.seed)
     data = build_loaders(cfg, dev, search=True)

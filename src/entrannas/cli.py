@@ -17,9 +17,22 @@ def _add_config_args(p: argparse.ArgumentParser, kind: str) -> None:
     p.add_argument("--config", "-c", help="a preset name (see `entrannas presets`) or a YAML file")
     p.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.epochs=10 (repeatable)")
+    add_data_dir_arg(p)
     p.add_argument("--out", "-o", help="the run folder (default: runs/<preset>-s<seed>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help=f"continue a stopped {kind} run from its checkpoint")
     p.add_argument("--quiet", "-q", action="store_true", help="log to RUN/log.txt only")
+
+
+def add_data_dir_arg(p: argparse.ArgumentParser, what: str = "the data set") -> None:
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"the folder that holds {what} (short for --set data.data_dir=DIR)")
+
+
+def config_overrides(args) -> list[str]:
+    """--set values, then --data-dir as the override it stands for (quoted: any path is a string)."""
+    import json
+    extra = [f"data.data_dir={json.dumps(str(args.data_dir))}"] if getattr(args, "data_dir", None) else []
+    return [*args.overrides, *extra]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,9 +63,9 @@ def _add_later_commands(sub) -> None:
     """train, profile and child live in cli_train.py (the target-net side), segment in
     cli_segment.py; experiment and animate in cli_experiment.py; eval and export in cli_model.py."""
     from . import cli_experiment, cli_model, cli_segment, cli_train
-    cli_train.add_commands(sub, _add_config_args)
+    cli_train.add_commands(sub, _add_config_args, add_data_dir_arg)
     cli_segment.add_commands(sub, _add_config_args)
-    cli_experiment.add_commands(sub)
+    cli_experiment.add_commands(sub, add_data_dir_arg)
     cli_model.add_commands(sub)
 
 
@@ -66,11 +79,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data import DataError
     from .export import ExportError
+    from .distributed import PeerError
     from .fsutil import WriteError
     from .genotype import GenotypeError
     from .rundir import RunError
     return (ConfigError, DataError, GenotypeError, CheckpointError, RunError, FloatingPointError,
-            WriteError, ExportError)
+            WriteError, ExportError, PeerError)
 
 
 def cmd_search(args) -> int:
@@ -80,11 +94,11 @@ def cmd_search(args) -> int:
         if args.config:
             raise _usage("--resume continues a run with its own config: drop --config "
                          "(--set optim.epochs=N continues it for longer)")
-        result = resume_search(args.resume, quiet=args.quiet, overrides=args.overrides)
+        result = resume_search(args.resume, quiet=args.quiet, overrides=config_overrides(args))
     else:
         if not args.config:
             raise _usage("give --config PRESET_OR_YAML (see `entrannas presets`) or --resume RUN_DIR")
-        cfg = load_config(args.config, args.overrides, kind="search")
+        cfg = load_config(args.config, config_overrides(args), kind="search")
         preset = Path(args.config).stem
         if args.seeds:
             result = run_search_seeds(cfg, args.seeds, args.out, quiet=args.quiet, preset=preset)

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["add_commands"]
 
 
-def add_commands(sub) -> None:
+def add_commands(sub, add_data_dir_arg) -> None:
     from .experiments import EXPERIMENTS, SCALES
     e = sub.add_parser("experiment", help="reproduce one of the paper's measurements (Tables 1-5, animation)",
                        description="Runs the sub-runs (resuming unfinished ones, reusing finished "
@@ -19,7 +19,8 @@ def add_commands(sub) -> None:
     e.add_argument("--jobs", "-j", type=int, default=1,
                    help="independent sub-runs in parallel processes (threads are split between them)")
     e.add_argument("--set", "-s", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override every sub-run's config, e.g. --set data.data_dir=/data/cifar10")
+                   help="override every sub-run's config, e.g. --set optim.epochs=10")
+    add_data_dir_arg(e, "the data set of every sub-run (--scale paper: CIFAR-10 or ImageNet)")
     e.add_argument("--seeds", type=int, help="kendall: searches per method (default: cpu 8, paper 6)")
     e.add_argument("--methods", nargs="+", choices=["darts", "pcdarts", "entrannas", "dst"],
                    help="kendall: which methods (default all four)")
@@ -38,11 +39,12 @@ def add_commands(sub) -> None:
 
 
 def cmd_experiment(args) -> int:
+    from .cli import config_overrides
     from .experiments import run_experiment
     if args.jobs < 1:
         from .config import ConfigError
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-    run_experiment(args.name, args.scale, args.out, jobs=args.jobs, overrides=args.overrides,
+    run_experiment(args.name, args.scale, args.out, jobs=args.jobs, overrides=config_overrides(args),
                    quiet=args.quiet, seeds=args.seeds, methods=args.methods,
                    budget_gib=args.budget_gib, device=args.device, run=args.run)
     return 0

@@ -26,11 +26,12 @@ def add_commands(sub, add_config_args) -> None:
 
 def cmd_segment(args) -> int:
     from .config import load_config
+    from .cli import config_overrides
     from .segment import resume_segmentation, run_segmentation
     if args.resume:
-        if args.config or args.overrides or args.genotype or args.backbone:
+        if args.config or config_overrides(args) or args.genotype or args.backbone:
             raise ConfigError("--resume continues a run with its own config and genotype: "
-                              "drop --config/--set/--genotype/--backbone")
+                              "drop --config/--set/--data-dir/--genotype/--backbone")
         result = resume_segmentation(args.resume, quiet=args.quiet)
     else:
         if not args.genotype and not args.backbone:
@@ -39,7 +40,7 @@ def cmd_segment(args) -> int:
         if not args.config:
             raise ConfigError("give --config PRESET_OR_YAML (segment presets: voc-deeplabv3, fmnist-scenes; "
                               "see `entrannas presets`) or --resume RUN_DIR")
-        cfg = load_config(args.config, args.overrides, kind="segment")
+        cfg = load_config(args.config, config_overrides(args), kind="segment")
         if args.backbone:  # not through --set: a path must stay a string whatever it looks like
             cfg.model.backbone = args.backbone
         result = run_segmentation(cfg, args.genotype, args.out, quiet=args.quiet, preset=Path(args.config).stem)

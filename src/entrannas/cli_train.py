@@ -16,8 +16,8 @@ DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
 SEG_DATASETS = ("voc", "fmnist-scenes")
 
 
-def add_commands(sub, add_config_args) -> None:
-    t = sub.add_parser("train", help="train a genotype from scratch and measure it (SPEC section 5)")
+def add_commands(sub, add_config_args, add_data_dir_arg) -> None:
+    t = sub.add_parser("train", help="train a genotype from scratch and measure it (paper section 4)")
     t.add_argument("--genotype", "-g", metavar="GENOTYPE",
                    help="a genotype JSON file, a search run folder, a builtin name (DARTS_V2, ...) "
                         "or a DARTS-style string")
@@ -41,6 +41,7 @@ def add_commands(sub, add_config_args) -> None:
     c.add_argument("run_dir", metavar="RUN_DIR", help="a search run folder (holds checkpoint.pt)")
     c.add_argument("--limit", type=_positive, help="evaluate at most N validation images")
     c.add_argument("--device", help="cpu, cuda, cuda:N (default: the search's run.device)")
+    add_data_dir_arg(c, "the search's data set, if it has moved")
     c.add_argument("--macs", action="store_true", help="also count multiply-adds per image of each (slow)")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     c.set_defaults(handler=cmd_child)
@@ -66,20 +67,21 @@ def _layers(text: str) -> int:
 
 
 def cmd_train(args) -> int:
+    from .cli import config_overrides
     from .config import load_config
     from .train import resume_training, run_training
     if args.resume:
         if args.config or args.genotype:
             raise ConfigError("--resume continues a run with its own config and genotype: "
                               "drop --config/--genotype (--set optim.epochs=N continues it for longer)")
-        result = resume_training(args.resume, quiet=args.quiet, overrides=args.overrides)
+        result = resume_training(args.resume, quiet=args.quiet, overrides=config_overrides(args))
     else:
         if not args.genotype:
             raise ConfigError("give --genotype FILE_OR_NAME_OR_RUN_DIR (e.g. DARTS_V2), or --resume RUN_DIR")
         if not args.config:
             raise ConfigError("give --config PRESET_OR_YAML (train presets: cifar10-eval, imagenet-eval, "
                               "fmnist-eval; see `entrannas presets`) or --resume RUN_DIR")
-        cfg = load_config(args.config, args.overrides, kind="train")
+        cfg = load_config(args.config, config_overrides(args), kind="train")
         result = run_training(cfg, args.genotype, args.out, quiet=args.quiet, preset=Path(args.config).stem)
     from .distributed import is_main
     if not is_main():  # under torchrun, one summary (from rank 0) is enough
@@ -138,7 +140,8 @@ def _print_rows(rows) -> None:
 
 def cmd_child(args) -> int:
     from .child import child_accuracy
-    r = child_accuracy(args.run_dir, limit=args.limit, device=args.device, macs=args.macs)
+    r = child_accuracy(args.run_dir, limit=args.limit, device=args.device, macs=args.macs,
+                       data_dir=args.data_dir)
     if args.json:
         print(json.dumps(r, indent=1))
         return 0

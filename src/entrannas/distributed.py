@@ -17,16 +17,25 @@ Gradients are averaged by hand rather than by wrapping the nets in DistributedDa
 
 BatchNorm statistics are taken over the global batch (`SyncBatchNorm2d`), so a run on W
 processes with per-process batch B/W computes what one process computes with batch B.
+
+No rank is left waiting in a collective for one that has failed: what only some ranks do
+(rank 0's writes, each rank's reading of a checkpoint or a data set) runs in `together()`,
+which makes every rank raise if any did; the stop request and the loss are all-reduced every
+step; a collective whose peer died or timed out (ENTRANNAS_DIST_TIMEOUT seconds, default 600)
+raises `PeerError`, one line for the user (docs/design.md, "Several processes").
 """
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["init_from_env", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
+__all__ = ["PeerError", "together", "init_from_env", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
            "allreduce_sum", "broadcast_params", "broadcast_object", "assert_same_on_all_ranks",
            "SyncBatchNorm2d", "sync_batch_norm", "convert_sync_batchnorm", "per_rank_batch"]
 
@@ -42,8 +51,66 @@ def init_from_env() -> bool:
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_rank())  # torch.device("cuda") now means this rank's GPU
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=_timeout())
     return True
+
+
+def _timeout() -> datetime.timedelta:
+    """How long a collective waits for a rank that does not come: the backstop for a fault
+    `together()` and the per-step all-reduce do not see (a rank stuck outside the loop).
+    Long by default: ranks legitimately drift apart by a data set scan on cold storage."""
+    text = os.environ.get("ENTRANNAS_DIST_TIMEOUT", "600")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        from .config import ConfigError
+        raise ConfigError(f"ENTRANNAS_DIST_TIMEOUT={text!r}: expected a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
+
+
+class PeerError(RuntimeError):
+    """Another process of this multi-process run failed, so this one stops too; one line."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(err).splitlines() if part.strip())
+    return text or type(err).__name__
+
+
+def _collective(op, *args, **kwargs):
+    """Run a torch.distributed call; a peer that died or a timeout becomes a PeerError."""
+    try:
+        return op(*args, **kwargs)
+    except RuntimeError as e:  # DistBackendError and friends
+        why = re.sub(r"^\[[^\]]*\]\s*", "", _one_line(e)).split(". ")[0][:200]
+        raise PeerError(f"lost contact with the other processes of this run ({why}); one of them "
+                        f"stopped or was killed: see its output") from None
+
+
+@contextlib.contextmanager
+def together():
+    """Run the block on every rank, then agree on how it went: if it raised on any rank, it
+    raises on every rank (the rank's own error, or a PeerError that quotes the first failed
+    rank's), so no rank goes on into a collective that a failed one will never join. For work
+    that only some ranks do or that can fail on one alone: rank 0's writes, reading a
+    checkpoint or a data set. The block must not run collectives itself. One process: no-op."""
+    if not active():
+        yield
+        return
+    err = None
+    try:
+        yield
+    except BaseException as e:
+        err = e
+    outcomes = [None] * dist.get_world_size()
+    _collective(dist.all_gather_object, outcomes, None if err is None else _one_line(err))
+    if err is not None:
+        raise err
+    failed = next(((r, m) for r, m in enumerate(outcomes) if m is not None), None)
+    if failed is not None:
+        raise PeerError(f"stopped because process {failed[0]} of {len(outcomes)} failed: {failed[1]}")
 
 
 def active() -> bool:
@@ -70,7 +137,8 @@ def is_main() -> bool:
 def per_rank_batch(batch_size: int) -> int:
     w = world_size()
     if batch_size % w:
-        raise ValueError(f"optim.batch_size={batch_size} is the global batch and must be divisible by "
+        from .config import ConfigError
+        raise ConfigError(f"optim.batch_size={batch_size} is the global batch and must be divisible by "
                          f"the {w} processes")
     return batch_size // w
 
@@ -84,7 +152,7 @@ def allreduce_grads(params) -> None:
     if not grads:
         return
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
+    _collective(dist.all_reduce, flat)
     flat /= dist.get_world_size()
     offset = 0
     for g in grads:
@@ -99,7 +167,7 @@ def allreduce_sum(values, device=None) -> list[float]:
     if active():
         if dist.get_backend() == "nccl":  # NCCL reduces GPU tensors only
             t = t.cuda()
-        dist.all_reduce(t)
+        _collective(dist.all_reduce, t)
     return t.cpu().tolist()
 
 
@@ -110,7 +178,7 @@ def broadcast_params(module: nn.Module) -> None:
     if not active():
         return
     for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, 0)
+        _collective(dist.broadcast, t.data, 0)
 
 
 def broadcast_object(obj):
@@ -118,7 +186,7 @@ def broadcast_object(obj):
     if not active():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, 0)
+    _collective(dist.broadcast_object_list, box, 0)
     return box[0]
 
 
@@ -129,7 +197,7 @@ def assert_same_on_all_ranks(tensors, what: str = "tensors") -> None:
         return
     for i, t in enumerate(tensors):
         ref = t.detach().clone()
-        dist.broadcast(ref, 0)
+        _collective(dist.broadcast, ref, 0)
         if not torch.equal(ref, t.detach()):
             raise RuntimeError(f"{what}[{i}] differs between rank 0 and rank {rank()}")
 
@@ -141,13 +209,13 @@ class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         y = x.clone()
-        dist.all_reduce(y)
+        _collective(dist.all_reduce, y)
         return y
 
     @staticmethod
     def backward(ctx, grad):
         g = grad.clone()
-        dist.all_reduce(g)
+        _collective(dist.all_reduce, g)
         return g
 
 

@@ -1,4 +1,4 @@
-"""Target networks: a searched genotype stacked into a network trained from scratch (SPEC 5).
+"""Target networks: a searched genotype stacked into a network trained from scratch (paper sections 4.2, 4.3).
 
 The layouts follow DARTS' NetworkCIFAR / NetworkImageNet so parameter counts and
 multiply-adds are comparable with the published figures. Unlike DARTS' cell, a node here
@@ -243,7 +243,7 @@ class NetworkImageNet(_TargetNetwork):
         return s0, self.stem1(s0)
 
 
-# Default target-net settings per dataset (SPEC 5); input_shape is (channels, H, W).
+# Default target-net settings per dataset (paper sections 4.2, 4.3); input_shape is (channels, H, W).
 TARGET_SETTINGS: dict[str, dict[str, Any]] = {
     "cifar10": dict(variant="cifar", C=36, layers=20, num_classes=10, input_shape=(3, 32, 32)),
     "cifar100": dict(variant="cifar", C=36, layers=20, num_classes=100, input_shape=(3, 32, 32)),

@@ -13,7 +13,7 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["WriteError", "atomic_path", "atomic_write_bytes", "atomic_write_text",
+__all__ = ["WriteError", "NewFiles", "atomic_path", "atomic_write_bytes", "atomic_write_text",
            "remove_stale_temp_files"]
 
 
@@ -80,3 +80,52 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
                     p.unlink()
                     removed.append(p)
     return removed
+
+
+class NewFiles:
+    """What a command adds under a folder, so that a command which fails before it has saved
+    anything can take back what it made: a failed start leaves no new files.
+
+    Made before the folder is created, it remembers the highest of the folder's missing
+    parents (created by `mkdir(parents=True)` too) and what was already there; `remove()`
+    deletes what was added since (files, then folders, deepest first) and never touches
+    what was there before."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        root = self.folder.absolute()
+        while not root.parent.exists() and root.parent != root:
+            root = root.parent
+        self.root = root
+        self.before = self._listing()
+
+    def _listing(self) -> dict[str, tuple[int, int]]:
+        """Relative path -> (inode, mtime in ns) of everything under the root, root included."""
+        out = {}
+        if not self.root.exists():
+            return out
+        for folder, dirs, files in os.walk(self.root):
+            for name in [".", *dirs, *files] if folder == str(self.root) else [*dirs, *files]:
+                p = os.path.join(folder, name)
+                with contextlib.suppress(OSError):
+                    st = os.lstat(p)
+                    out[os.path.normpath(os.path.relpath(p, self.root))] = (st.st_ino, st.st_mtime_ns)
+        return out
+
+    def saved(self, name: str = "checkpoint.pt") -> bool:
+        """Whether a file called `name` was written (created or replaced) under the root since."""
+        now = self._listing()
+        return any(os.path.basename(k) == name and self.before.get(k) != v for k, v in now.items())
+
+    def remove(self, keep: tuple[str, ...] = (), files: bool = True) -> None:
+        """Delete what was added: files (but those named in `keep`; `files=False`: none, for a
+        folder another process may be writing in), then the added folders that are empty."""
+        added = sorted((k for k in self._listing() if k not in self.before),
+                       key=lambda k: k.count(os.sep) + (k != "."), reverse=True)
+        for rel in added:
+            p = self.root / rel
+            with contextlib.suppress(OSError):
+                if p.is_dir() and not p.is_symlink():
+                    p.rmdir()
+                elif files and p.name not in keep:
+                    p.unlink()

@@ -1,4 +1,4 @@
-"""Genotypes: the derived architecture of a normal and a reduction cell (SPEC section 7).
+"""Genotypes: the derived architecture of a normal and a reduction cell (docs/design.md, Genotype files).
 
 The on-disk form is UTF-8 JSON (``entrannas-genotype/1``), never Python code. The published
 DARTS-style strings (``Genotype(normal=[('sep_conv_3x3', 0), ...], ...)``) are read by walking

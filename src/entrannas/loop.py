@@ -27,8 +27,8 @@ from .fsutil import WriteError
 from .rundir import NullRunFolder, RunError, RunFolder, Timer, format_eta
 
 __all__ = ["Interrupted", "StopFlag", "StepAccounting", "Loaders", "build_loaders", "load_datasets", "evaluate",
-           "make_run_folder", "open_run_folder", "peak_memory_gib", "progress", "resolve_device",
-           "rng_state", "seed_everything", "set_rng_state"]
+           "new_run_dir", "make_run_folder", "open_run_folder", "peak_memory_gib", "progress",
+           "resolve_device", "rng_state", "seed_everything", "set_rng_state"]
 
 
 class Interrupted(Exception):
@@ -42,6 +42,8 @@ class Interrupted(Exception):
 class StopFlag:
     """First Ctrl-C (or SIGTERM): finish the current step, checkpoint, stop. Second: abort."""
 
+    notice = True  # False where another process tells the user (an experiment's workers)
+
     def __init__(self):
         self.requested = False
         self._old = {}
@@ -50,8 +52,9 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        if self.notice and ddp.is_main():  # under torchrun every rank gets it: one notice is enough
+            print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -70,7 +73,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"run.device={name} but no CUDA GPU is available: use run.device=cpu")
+        from .config import ConfigError
+        raise ConfigError(f"run.device={name} but no CUDA GPU is available: use run.device=cpu")
     return dev
 
 
@@ -313,27 +317,43 @@ def _device_of(net):
 
 def open_run_folder(run_dir, tensorboard: bool, quiet: bool):
     """The run folder on rank 0; on the other ranks a stand-in that writes nothing."""
-    if ddp.is_main():
-        return RunFolder(run_dir, tensorboard=tensorboard, quiet=quiet)
-    return NullRunFolder(run_dir)
+    with ddp.together():  # rank 0 alone can fail here (a folder it cannot write)
+        run = RunFolder(run_dir, tensorboard=tensorboard, quiet=quiet) if ddp.is_main() else NullRunFolder(run_dir)
+    return run
 
 
-def make_run_folder(cfg, run_dir, default_name: str, quiet: bool) -> RunFolder:
-    """A new run folder. An existing run is never overwritten: finished work is not lost."""
+def new_run_dir(cfg, run_dir, default_name: str) -> Path:
+    """Where a new run goes (default: run.out/<name>-s<seed>-<time>, by rank 0's clock). Nothing
+    is created yet; a folder that holds a run is refused at once (finished work is never lost)."""
     if run_dir is None:
         name = cfg.run.name or f"{default_name}-s{cfg.run.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(cfg.run.out) / name
-    run_dir = Path(ddp.broadcast_object(str(run_dir)))  # rank 0's clock names the folder
-    # Every rank checks (and raises) alike, so none is left waiting for the others.
+    run_dir = Path(ddp.broadcast_object(str(run_dir)))
+    _refuse_a_run(run_dir)  # every rank checks (and raises) alike
+    return run_dir
+
+
+def _refuse_a_run(run_dir: Path) -> None:
     if (run_dir / "checkpoint.pt").exists():
         raise RunError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or "
                        f"choose another folder with --out")
-    run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
-    # What a run killed before its first checkpoint left: this run starts over, so must its
-    # metrics (appending would list epoch 0 twice), and its half-written files go.
-    if run.file("metrics.jsonl").exists():
-        run.keep_metrics_before(0)
-    run.remove_stale_temp_files()
+
+
+def make_run_folder(cfg, run_dir: Path, quiet: bool) -> RunFolder:
+    """Open a new run's folder, which `runlock.hold_run` holds, and write the resolved config."""
+    with ddp.together():
+        _refuse_a_run(run_dir)  # again, now that this process holds the folder
+        run = RunFolder(run_dir, cfg.run.tensorboard, quiet) if ddp.is_main() else NullRunFolder(run_dir)
+        try:
+            # What a run killed before its first checkpoint left: this run starts over, so must
+            # its metrics (appending would list epoch 0 twice), and its half-written files go.
+            if run.file("metrics.jsonl").exists():
+                run.keep_metrics_before(0)
+            run.remove_stale_temp_files()
+            run.write_config(cfg)
+        except BaseException:
+            run.close()
+            raise
     return run
 
 
@@ -349,6 +369,22 @@ class StepAccounting:
     state and how to go on."""
 
     saved: tuple[int, int] | None = None  # (epoch, step) of the last checkpoint written
+
+    def start(self, run) -> None:
+        """Attach the run folder. It is touched only now, once the data, the network and (on
+        resume) the checkpoint have all loaded; then every rank takes rank 0's weights."""
+        self.run = run
+        with ddp.together():
+            if self.saved is not None:  # resumed
+                run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
+                run.remove_stale_temp_files()
+                run.keep_metrics_before(self.epoch)
+            else:
+                self.first_files(run)
+        ddp.broadcast_params(self.net)
+
+    def first_files(self, run) -> None:
+        """What a new run writes before its first step."""
 
     def _position(self, epoch: int, step: int) -> str:
         return f"the end of epoch {epoch}" if step == 0 else f"epoch {epoch + 1}, step {step}"
@@ -410,9 +446,11 @@ class StepAccounting:
 
     @contextlib.contextmanager
     def saving(self):
-        """Wrap a checkpoint write: refuse non-finite weights, then remember the position."""
+        """Wrap a checkpoint write: refuse non-finite weights, then remember the position. Only
+        rank 0 writes; if that fails (a full disk), every rank stops, none waits for it."""
         self.ensure_finite()
-        yield
+        with ddp.together():
+            yield
         self.saved = (self.epoch, self.step)
 
     def hits(self, logits, y) -> tuple[float, int]:

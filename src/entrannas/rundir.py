@@ -22,7 +22,7 @@ import yaml
 from .fsutil import WriteError, atomic_write_text, remove_stale_temp_files
 from .config import to_dict
 
-__all__ = ["RunFolder", "NullRunFolder", "RunError", "format_eta"]
+__all__ = ["RunFolder", "NullRunFolder", "RunError", "check_writable", "format_eta"]
 
 
 class RunError(RuntimeError):
@@ -45,6 +45,29 @@ class _LogFile(logging.FileHandler):
                   file=sys.stderr, flush=True)
 
 
+def check_writable(path: str | os.PathLike, what: str = "run folder") -> None:
+    """Make the folder (and its parents) and prove a file can be written and synced in it, so
+    a folder that cannot be written is refused before any work. `what` names it for the user."""
+    path = Path(path)
+    probe = path / ".write-test"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+            f.flush()
+            os.fsync(f.fileno())  # a full disk may only say so when the data goes out
+        probe.unlink()
+    except OSError as e:
+        with contextlib.suppress(OSError):  # a full disk may have let it be created
+            probe.unlink()
+        raise _unwritable(path, what, e) from None
+
+
+def _unwritable(path: Path, what: str, err: OSError) -> RunError:
+    return RunError(f"cannot write to the {what} {path} ({err.strerror or err}): free some space "
+                    f"or choose another folder with --out")
+
+
 def format_eta(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -57,21 +80,11 @@ def format_eta(seconds: float) -> str:
 class RunFolder:
     def __init__(self, path: str | os.PathLike, tensorboard: bool = True, quiet: bool = False):
         self.path = Path(path)
-        # Checked before any work is done, so a folder that cannot be written costs nothing.
+        check_writable(self.path)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / ".write-test"
-            with open(probe, "w") as f:
-                f.write("ok")
-                f.flush()
-                os.fsync(f.fileno())  # a full disk may only say so when the data goes out
-            probe.unlink()
             fh = _LogFile(self.path / "log.txt", encoding="utf-8")
         except OSError as e:
-            with contextlib.suppress(OSError):  # a full disk may have let it be created
-                (self.path / ".write-test").unlink()
-            raise RunError(f"cannot write to the run folder {self.path} ({e.strerror or e}): "
-                           f"free some space or choose another folder with --out") from None
+            raise _unwritable(self.path, "run folder", e) from None
         self.log = logging.getLogger(f"entrannas.run.{self.path.resolve()}")
         self.log.setLevel(logging.INFO)
         self.log.propagate = False

@@ -1,4 +1,4 @@
-"""The first-order bi-level search (paper sections 2 and 4.2) and its run folder.
+"""The first-order bi-level search (paper sections 2.1 and 4; docs/design.md) and its run folder.
 
     result = run_search(load_config("fmnist-quick"))           # a new run
     result = resume_search("runs/fmnist-quick-0")              # continue a stopped one
@@ -21,9 +21,10 @@ from . import distributed as ddp
 from .checkpoint import load_run_checkpoint, mismatch, save_checkpoint
 from .config import SearchConfig, from_dict, resume_config, to_dict
 from .optim import clip_grad_norm_, optimizer_options
-from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
-                   peak_memory_gib, progress, resolve_device, seed_everything)
+from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, new_run_dir,
+                   open_run_folder, peak_memory_gib, progress, resolve_device, seed_everything)
 from .rundir import RunFolder, Timer, format_eta
+from .runlock import hold_run
 from .arch import Temperature
 from .supernet import CELL_TYPES, METHOD_DEFAULTS, SuperNet
 
@@ -134,10 +135,12 @@ class SearchResult:
 
 
 class _Search(StepAccounting):
-    """State of one search run; `run()` drives epochs until done, or until a stop request."""
+    """State of one search run; `run_epochs()` drives epochs until done, or until a stop
+    request. Built (data, network, checkpoint state) before the run folder is touched, so a
+    search that cannot start leaves nothing behind; `start(run)` attaches the folder."""
 
-    def __init__(self, cfg: SearchConfig, run: RunFolder, state: dict | None = None):
-        self.cfg, self.run = cfg, run
+    def __init__(self, cfg: SearchConfig, state: dict | None = None, checkpoint: Path | None = None):
+        self.cfg = cfg
         self.device = resolve_device(cfg.run.device)
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=True)
@@ -159,7 +162,7 @@ class _Search(StepAccounting):
                 self.w_opt.load_state_dict(state["w_opt"])
                 self.a_opt.load_state_dict(state["a_opt"])
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-                raise mismatch(run.file("checkpoint.pt"), e) from None
+                raise mismatch(checkpoint, e) from None
             self.epoch, self.step = state["epoch"], state["step"]
             self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
             self.saved = (self.epoch, self.step)
@@ -167,19 +170,21 @@ class _Search(StepAccounting):
             # are in (an epoch-end checkpoint has moved on to the next epoch), so a resumed
             # finished search derives the genotype it saved.
             self.net.set_epoch(self.epoch - 1 if self.step == 0 and self.epoch > 0 else self.epoch)
-            # Only now, with the checkpoint known to be usable, is the run folder touched.
-            run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
-            run.remove_stale_temp_files()
-            run.keep_metrics_before(self.epoch)
-        else:
-            run.write_json("split.json", self.data.split)
-            if self.data.meta:  # an image folder: its classes and held-out test images
-                run.write_json("dataset.json", self.data.meta)
-        ddp.broadcast_params(self.net)
-        if state is not None and state["config"]["optim"]["epochs"] != cfg.optim.epochs:
-            # tau0 * decay^epoch does not depend on the run's length: it keeps decaying.
-            self.extend(state["config"]["optim"]["epochs"], "the learning rate (cosine) and the "
-                        "temperature (tau0 * decay^epoch, unchanged by the length)")
+        # `--resume RUN --set optim.epochs=N`: the length the checkpoint's run was planned for.
+        self.extended_from = (state["config"]["optim"]["epochs"]
+                              if state is not None and state["config"]["optim"]["epochs"] != cfg.optim.epochs
+                              else None)
+
+    def first_files(self, run) -> None:
+        run.write_json("split.json", self.data.split)
+        if self.data.meta:  # an image folder: its classes and held-out test images
+            run.write_json("dataset.json", self.data.meta)
+
+    def start(self, run) -> None:
+        super().start(run)
+        if self.extended_from is not None:
+            self.extend(self.extended_from, "the learning rate (cosine) and the temperature "
+                        "(tau0 * decay^epoch, with decay from model.tau_final if that is set)")
 
     def checkpoint(self) -> None:
         with self.saving():  # refuses non-finite weights, on every rank
@@ -236,13 +241,14 @@ class _Search(StepAccounting):
             row["thresholds"] = {t: net.thresholds(t).tolist() for t in CELL_TYPES}
         if net.edge_normalization:
             row["edge_weights"] = {t: net.edge_weights(t).tolist() for t in CELL_TYPES}
-        run.append_metrics(row)
-        if ddp.is_main():
-            genotype.save(run.file(f"genotypes/epoch_{e:03d}.json"))
-            genotype.save(run.file("genotype.json"))
-        if self.cfg.run.plots and ddp.is_main():
-            from .plot import plot_genotype
-            plot_genotype(genotype, run.file("cells.png"), title=f"epoch {e + 1}")
+        with ddp.together():  # rank 0 writes; a full disk stops every rank
+            run.append_metrics(row)
+            if ddp.is_main():
+                genotype.save(run.file(f"genotypes/epoch_{e:03d}.json"))
+                genotype.save(run.file("genotype.json"))
+            if self.cfg.run.plots and ddp.is_main():
+                from .plot import plot_genotype
+                plot_genotype(genotype, run.file("cells.png"), title=f"epoch {e + 1}")
         run.log.info(f"epoch {e + 1} done: train acc {row['train_acc']:.2f}% val acc {val_acc:.2f}% "
                      f"edges N/R {row['cells']['normal']['edges']}/{row['cells']['reduce']['edges']} "
                      f"wall {format_eta(row['wall_time'])}")
@@ -255,9 +261,11 @@ def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, quiet: bool
     """Run a search from scratch into `run_dir` (default: a new folder under cfg.run.out).
     Under torchrun, joins the process group; only rank 0 writes the run folder."""
     ddp.init_from_env()
-    run = make_run_folder(cfg, run_dir, preset or "search", quiet)
-    run.write_config(cfg)
-    return _drive(cfg, run, None)
+    run_dir = new_run_dir(cfg, run_dir, preset or "search")
+    with ddp.together():
+        search = _Search(cfg)  # data and network first: a bad data set fails before any file exists
+    with hold_run(run_dir, create=True):
+        return _drive(search, make_run_folder(cfg, run_dir, quiet))
 
 
 def resume_search(run_dir: str | Path, quiet: bool = False, overrides=()) -> SearchResult:
@@ -265,15 +273,18 @@ def resume_search(run_dir: str | Path, quiet: bool = False, overrides=()) -> Sea
     `overrides` may only set optim.epochs, to continue a (finished) search for longer.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
-    state = load_run_checkpoint(run_dir, "search")
-    cfg = resume_config(from_dict(state["config"], "search"), overrides, state["epoch"])
-    run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
-    return _drive(cfg, run, state)
+    with hold_run(run_dir):  # before the checkpoint is read: no other process may be writing it
+        with ddp.together():
+            state = load_run_checkpoint(run_dir, "search")
+            cfg = resume_config(from_dict(state["config"], "search"), overrides, state["epoch"])
+            search = _Search(cfg, state, Path(run_dir) / "checkpoint.pt")
+        return _drive(search, open_run_folder(run_dir, cfg.run.tensorboard, quiet))
 
 
-def _drive(cfg, run: RunFolder, state) -> SearchResult:
+def _drive(search: _Search, run: RunFolder) -> SearchResult:
+    cfg = search.cfg
     try:
-        search = _Search(cfg, run, state)
+        search.start(run)
         for line in search.data.notes:
             run.log.info(line)
         run.log.info(f"{cfg.model.method} search on {cfg.data.dataset}: {len(search.data.train)} steps "
@@ -302,23 +313,28 @@ def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | 
 
     from .genotype import Genotype
     ddp.init_from_env()
-    parent = make_run_folder(cfg, run_dir, preset or "search", quiet)
-    results = []
-    for s in seeds:
-        sub = parent.path / f"seed-{s}"
-        c = copy.deepcopy(cfg)
-        c.run.seed = s
-        if (sub / "checkpoint.pt").exists():
-            results.append(resume_search(sub, quiet=quiet))
-        else:
-            results.append(run_search(c, sub, quiet=quiet, preset=preset))
-    best = max(results, key=lambda r: r.val_acc)
-    table = [{"seed": s, "val_acc": r.val_acc, "run_dir": str(r.run_dir)} for s, r in zip(seeds, results)]
-    parent.write_json("seeds.json", {"best_seed": seeds[results.index(best)], "runs": table})
-    g = Genotype.from_dict({**best.genotype.to_dict(), "selected_from": table})
-    if ddp.is_main():
-        g.save(parent.file("genotype.json"))
-    parent.log.info(f"best of {len(seeds)} seeds: seed {seeds[results.index(best)]} "
-                    f"val acc {best.val_acc:.2f}% -> {parent.file('genotype.json')}")
-    parent.close()
+    run_dir = new_run_dir(cfg, run_dir, preset or "search")
+    with hold_run(run_dir, create=True):
+        parent = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
+        try:
+            results = []
+            for s in seeds:
+                sub = parent.path / f"seed-{s}"
+                c = copy.deepcopy(cfg)
+                c.run.seed = s
+                if (sub / "checkpoint.pt").exists():
+                    results.append(resume_search(sub, quiet=quiet))
+                else:
+                    results.append(run_search(c, sub, quiet=quiet, preset=preset))
+            best = max(results, key=lambda r: r.val_acc)
+            table = [{"seed": s, "val_acc": r.val_acc, "run_dir": str(r.run_dir)} for s, r in zip(seeds, results)]
+            g = Genotype.from_dict({**best.genotype.to_dict(), "selected_from": table})
+            with ddp.together():
+                parent.write_json("seeds.json", {"best_seed": seeds[results.index(best)], "runs": table})
+                if ddp.is_main():
+                    g.save(parent.file("genotype.json"))
+            parent.log.info(f"best of {len(seeds)} seeds: seed {seeds[results.index(best)]} "
+                            f"val acc {best.val_acc:.2f}% -> {parent.file('genotype.json')}")
+        finally:
+            parent.close()
     return SearchResult(parent.path, best.genotype, best.metrics)

@@ -31,7 +31,8 @@ from .data.scenes import load_fmnist_scenes
 from .data.segloader import SegAugment, SegLoader
 from .data.voc import IGNORE, VOCSegmentation
 from .genotype import Genotype, load_genotype
-from .loop import (StepAccounting, StopFlag, make_run_folder, open_run_folder, peak_memory_gib, progress,
+from .runlock import hold_run
+from .loop import (StepAccounting, StopFlag, make_run_folder, new_run_dir, open_run_folder, peak_memory_gib, progress,
                    resolve_device, rng_state, seed_everything, set_rng_state)
 from .rundir import RunFolder, Timer, format_eta
 from .segnet import build_segnet, load_backbone, segnet_cost
@@ -232,42 +233,44 @@ def run_segmentation(cfg: SegmentConfig, genotype=None, run_dir: str | Path | No
         if backbone is None:
             raise ConfigError("give a genotype (--genotype), or a backbone run (--backbone RUN) to take it from")
         genotype = backbone
+    run_dir = new_run_dir(cfg, run_dir, preset or "segment")
     genotype = load_genotype(genotype)
     data, net, device = _build(cfg, genotype)
     loaded = load_backbone(net, backbone, genotype, cfg.model.C, cfg.model.layers) if backbone else None
-    run = make_run_folder(cfg, run_dir, preset or "segment", quiet)
-    run.write_config(cfg)
-    genotype.save(run.file("genotype.json"))
-    if cfg.run.plots:
-        from .plot import plot_genotype
-        source = genotype.meta.get("source")
-        plot_genotype(genotype, run.file("cells.png"), title=source if isinstance(source, str) else None)
-    if loaded:
-        run.log.info(f"backbone weights from {loaded['run']} ({loaded['tensors']} tensors, "
-                     f"{loaded['epochs']} epochs of ImageNet training)")
-    return _drive(cfg, genotype, run, _Segmenting(cfg, genotype, data, net, device))
+    seg = _Segmenting(cfg, genotype, data, net, device)
+    with hold_run(run_dir, create=True):  # bad input failed above, before any file existed
+        run = make_run_folder(cfg, run_dir, quiet)
+        try:
+            genotype.save(run.file("genotype.json"))
+            if cfg.run.plots:
+                from .plot import plot_genotype
+                source = genotype.meta.get("source")
+                plot_genotype(genotype, run.file("cells.png"), title=source if isinstance(source, str) else None)
+            if loaded:
+                run.log.info(f"backbone weights from {loaded['run']} ({loaded['tensors']} tensors, "
+                             f"{loaded['epochs']} epochs of ImageNet training)")
+        except BaseException:
+            run.close()
+            raise
+        return _drive(cfg, genotype, run, seg)
 
 
 def resume_segmentation(run_dir: str | Path, quiet: bool = False) -> SegmentResult:
     """Continue a stopped segmentation run from its last checkpoint, with its own config."""
     _single_process()
-    state = load_run_checkpoint(run_dir, "segment")
-    cfg = from_dict(state["config"], "segment")
-    genotype = Genotype.from_dict(state["genotype"])
-    data, net, device = _build(cfg, genotype)
-    seg = _Segmenting(cfg, genotype, data, net, device)
-    seg.restore(state, Path(run_dir) / "checkpoint.pt")
-    # Only now, with the checkpoint known to be usable, is the run folder touched.
-    run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
-    run.log.info(f"resuming from epoch {seg.epoch + 1} step {seg.step}")
-    run.remove_stale_temp_files()
-    run.keep_metrics_before(seg.epoch)
-    return _drive(cfg, genotype, run, seg)
+    with hold_run(run_dir):  # before the checkpoint is read: no other process may be writing it
+        state = load_run_checkpoint(run_dir, "segment")
+        cfg = from_dict(state["config"], "segment")
+        genotype = Genotype.from_dict(state["genotype"])
+        data, net, device = _build(cfg, genotype)
+        seg = _Segmenting(cfg, genotype, data, net, device)
+        seg.restore(state, Path(run_dir) / "checkpoint.pt")
+        return _drive(cfg, genotype, open_run_folder(run_dir, cfg.run.tensorboard, quiet), seg)
 
 
 def _drive(cfg: SegmentConfig, genotype: Genotype, run: RunFolder, seg: _Segmenting) -> SegmentResult:
-    seg.run = run
     try:
+        seg.start(run)  # the run folder is touched only now (resume: log, stale files, metrics)
         info = seg.data.info
         cost = segnet_cost(cfg, genotype, info.num_classes, (info.channels, cfg.data.crop_size, cfg.data.crop_size))
         run.log.info(f"segmenting {cfg.data.dataset}: C={cfg.model.C}, {cfg.model.layers} cells, output stride "

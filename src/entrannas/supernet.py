@@ -1,5 +1,5 @@
-"""The search network (super-net) and its four switches (paper Table 3): engine-cell
-placement, feature sharing, bottleneck, temperature; plus the derivation rule.
+"""The search network (super-net) and its four switches (paper sections 2.2-2.5, Table 3):
+engine-cell placement, feature sharing, bottleneck, temperature; plus the derivation rule.
 
 `method` picks the defaults: "darts" turns every switch off, "entrannas" and "dst" are the
 paper's settings, "pcdarts" is DARTS mode with PC-DARTS' partial-channel connections and
@@ -124,7 +124,7 @@ class SuperNet(nn.Module):
         self.temperature = Temperature(float(cfg["tau0"]), float(cfg["tau_decay"]))
         self.tau = self.temperature(0)
         self.dst_lambda = float(dst_lambda)
-        # DST learns topology explicitly, so it searches without `none` (SPEC section 1).
+        # DST learns topology explicitly, so it searches without `none` (paper appendix A.2).
         self.op_names = op_names(space, include_none=self.derivation != "dst")
         self.none_index = self.op_names.index("none") if "none" in self.op_names else None
         self.engine_cells = resolve_engine_cells(cfg["engine_cells"], layers)
@@ -155,7 +155,7 @@ class SuperNet(nn.Module):
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(len(EDGES), K))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(len(EDGES), K))
         if self.derivation == "dst":
-            # beta = 0 -> t = 0.5: every connection starts active (SPEC section 3).
+            # beta = 0 -> t = 0.5: every connection starts active (docs/design.md, Derivation).
             self.beta_normal = nn.Parameter(torch.zeros(NUM_NODES))
             self.beta_reduce = nn.Parameter(torch.zeros(NUM_NODES))
         if self.edge_normalization:

@@ -1,4 +1,5 @@
-"""Train a searched cell from scratch as a target network (SPEC section 5) and measure it.
+"""Train a searched cell from scratch as a target network (paper section 4; docs/design.md)
+and measure it.
 
     result = run_training(load_config("cifar10-eval", kind="train"), "DARTS_V2")
     result = resume_training("runs/cifar10-eval-s0-...")     # continue a stopped one
@@ -28,10 +29,12 @@ from .config import TrainConfig, from_dict, resume_config, to_dict
 from .evalnet import build_target_net
 from .genotype import Genotype, load_genotype
 from .optim import clip_grad_norm_, optimizer_options
-from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, open_run_folder,
-                   peak_memory_gib, progress, resolve_device, rng_state, seed_everything, set_rng_state)
+from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, new_run_dir,
+                   open_run_folder, peak_memory_gib, progress, resolve_device, rng_state, seed_everything,
+                   set_rng_state)
 from .measure import count_macs, count_params
 from .rundir import RunFolder, Timer, format_eta
+from .runlock import hold_run
 from .search import cosine_lr
 
 __all__ = ["run_training", "resume_training", "train_step", "build_net", "lr_at", "TrainResult"]
@@ -110,10 +113,13 @@ class TrainResult:
 
 
 class _Training(StepAccounting):
-    """State of one training run; `run_epochs()` trains until done or until a stop request."""
+    """State of one training run; `run_epochs()` trains until done or until a stop request.
+    Built (data, network, checkpoint state) before the run folder is touched; `start(run)`
+    attaches it."""
 
-    def __init__(self, cfg: TrainConfig, genotype: Genotype, run: RunFolder, state: dict | None = None):
-        self.cfg, self.genotype, self.run = cfg, genotype, run
+    def __init__(self, cfg: TrainConfig, genotype: Genotype, state: dict | None = None,
+                 checkpoint: Path | None = None):
+        self.cfg, self.genotype = cfg, genotype
         self.device = resolve_device(cfg.run.device)
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=False)
@@ -132,23 +138,28 @@ class _Training(StepAccounting):
                 self.opt.load_state_dict(state["opt"])
                 set_rng_state(state["rng"], self.device)
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-                raise mismatch(run.file("checkpoint.pt"), e) from None
+                raise mismatch(checkpoint, e) from None
             self.epoch, self.step = state["epoch"], state["step"]
             self.partial, self.elapsed = list(state["partial"]), state["elapsed"]
             self.saved = (self.epoch, self.step)
-            # Only now, with the checkpoint known to be usable, is the run folder touched.
-            run.log.info(f"resuming from epoch {self.epoch + 1} step {self.step}")
-            run.remove_stale_temp_files()
-            run.keep_metrics_before(self.epoch)
-        elif self.data.meta:  # an image folder: its classes and held-out test images
-            run.write_json("dataset.json", self.data.meta)
-        ddp.broadcast_params(self.net)
         # What runs the batches: the net itself, or its torch.compile'd wrapper (run.compile);
         # checkpoints always hold the plain net's weights.
         self.forward = accel.compiled(self.net, cfg.run, self.device)
-        if state is not None and state["config"]["optim"]["epochs"] != o.epochs:
-            self.extend(state["config"]["optim"]["epochs"], f"the learning rate ({o.schedule}) and "
-                        f"the drop path (rising to model.drop_path)")
+        # `--resume RUN --set optim.epochs=N`: the length the checkpoint's run was planned for.
+        self.extended_from = (state["config"]["optim"]["epochs"]
+                              if state is not None and state["config"]["optim"]["epochs"] != o.epochs
+                              else None)
+
+    def first_files(self, run) -> None:
+        if self.data.meta:  # an image folder: its classes and held-out test images
+            run.write_json("dataset.json", self.data.meta)
+
+    def start(self, run) -> None:
+        super().start(run)
+        if self.extended_from is not None:
+            o = self.cfg.optim
+            self.extend(self.extended_from, f"the learning rate ({o.schedule}) and the drop path "
+                        f"(rising to model.drop_path)")
 
     def checkpoint(self) -> None:
         with self.saving():  # refuses non-finite weights, on every rank
@@ -199,7 +210,8 @@ class _Training(StepAccounting):
                "train_loss": loss_sum / max(count, 1), "train_acc": 100 * correct / max(count, 1),
                "test_loss": test_loss, "test_acc": test_acc, "wall_time": self.timer.elapsed,
                "peak_mem_gib": peak_memory_gib(self.device)}
-        self.run.append_metrics(row)
+        with ddp.together():  # rank 0 writes; a full disk stops every rank
+            self.run.append_metrics(row)
         self.run.log.info(f"epoch {e + 1} done: train acc {row['train_acc']:.2f}% "
                           f"test acc {test_acc:.2f}% wall {format_eta(row['wall_time'])}")
         self.epoch, self.step, self.partial = e + 1, 0, [0.0, 0.0, 0]
@@ -214,16 +226,24 @@ def run_training(cfg: TrainConfig, genotype, run_dir: str | Path | None = None, 
         from .config import ConfigError
         raise ConfigError(f"run_training needs a train config (kind: train), got {getattr(cfg, 'kind', cfg)!r}")
     ddp.init_from_env()
-    genotype = load_genotype(genotype)
-    run = make_run_folder(cfg, run_dir, preset or "train", quiet)
-    run.write_config(cfg)
-    if ddp.is_main():
-        genotype.save(run.file("genotype.json"))
-    if cfg.run.plots and ddp.is_main():
-        from .plot import plot_genotype
-        source = genotype.meta.get("source")  # a builtin's paper; user metadata may be anything
-        plot_genotype(genotype, run.file("cells.png"), title=source if isinstance(source, str) else None)
-    return _drive(cfg, genotype, run, None)
+    run_dir = new_run_dir(cfg, run_dir, preset or "train")
+    with ddp.together():  # genotype, data and network first: bad input fails before any file exists
+        genotype = load_genotype(genotype)
+        training = _Training(cfg, genotype)
+    with hold_run(run_dir, create=True):
+        run = make_run_folder(cfg, run_dir, quiet)
+        try:
+            with ddp.together():
+                if ddp.is_main():
+                    genotype.save(run.file("genotype.json"))
+                if cfg.run.plots and ddp.is_main():
+                    from .plot import plot_genotype
+                    source = genotype.meta.get("source")  # a builtin's paper; user metadata may be anything
+                    plot_genotype(genotype, run.file("cells.png"), title=source if isinstance(source, str) else None)
+        except BaseException:
+            run.close()
+            raise
+        return _drive(training, run)
 
 
 def resume_training(run_dir: str | Path, quiet: bool = False, overrides=()) -> TrainResult:
@@ -231,16 +251,19 @@ def resume_training(run_dir: str | Path, quiet: bool = False, overrides=()) -> T
     `overrides` may only set optim.epochs, to continue a (finished) training for longer.
     Under torchrun every rank loads the same checkpoint (the run folder must be shared)."""
     ddp.init_from_env()
-    state = load_run_checkpoint(run_dir, "train")
-    cfg = resume_config(from_dict(state["config"], "train"), overrides, state["epoch"])
-    genotype = Genotype.from_dict(state["genotype"])
-    run = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
-    return _drive(cfg, genotype, run, state)
+    with hold_run(run_dir):  # before the checkpoint is read: no other process may be writing it
+        with ddp.together():
+            state = load_run_checkpoint(run_dir, "train")
+            cfg = resume_config(from_dict(state["config"], "train"), overrides, state["epoch"])
+            training = _Training(cfg, Genotype.from_dict(state["genotype"]), state,
+                                 Path(run_dir) / "checkpoint.pt")
+        return _drive(training, open_run_folder(run_dir, cfg.run.tensorboard, quiet))
 
 
-def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> TrainResult:
+def _drive(training: _Training, run: RunFolder) -> TrainResult:
+    cfg, genotype = training.cfg, training.genotype
     try:
-        training = _Training(cfg, genotype, run, state)
+        training.start(run)
         for line in training.data.notes:
             run.log.info(line)
         info = training.data.info
@@ -262,7 +285,8 @@ def _drive(cfg: TrainConfig, genotype: Genotype, run: RunFolder, state) -> Train
                    "wall_time": metrics[-1]["wall_time"] if metrics else 0.0,
                    "peak_mem_gib": max((r["peak_mem_gib"] for r in metrics), default=0.0),
                    "genotype": genotype.to_dict()}
-        run.write_json("summary.json", summary)
+        with ddp.together():
+            run.write_json("summary.json", summary)
         run.log.info(f"final test acc {summary['test_acc']:.2f}% (best {summary['best_test_acc']:.2f}% "
                      f"at epoch {(summary['best_epoch'] or 0) + 1}); summary: {run.file('summary.json')}")
     finally:

@@ -8,6 +8,15 @@ environment variable ENTRANNAS_FAULT holding a JSON object:
     poison_at      "E:S": after that step's update, set one weight to inf (a diverging update)
     enospc_from    a label, or "start": from that event on, every write into a run file
                    fails with ENOSPC ("No space left on device"), as on a full disk
+    stop_at        SIGSTOP this process at the first event with this label (it keeps its
+                   locks; the test sends SIGCONT)
+    sigterm_at     send this process SIGTERM at the first event with this label (Ctrl-C)
+    kill_after     SIGKILL this process at its N-th event (in every process: the parent and
+                   the workers of an experiment count their own events)
+    kill_parent_after  at a worker's N-th event, SIGKILL the experiment process that
+                   started it (once; never another process)
+    flip_checkpoint_read  every read of a checkpoint.pt sees one bit flipped
+    only_rank      apply the faults only in the process whose RANK (torchrun) is this
 
 Events, with E the epoch (0-based) and S the steps done in it:
 
@@ -18,7 +27,8 @@ Events, with E the epoch (0-based) and S the steps done in it:
     metrics:E          epoch E's metrics line is written (its checkpoint is not yet)
 
 Labels are the same in every run of a config (runs are deterministic), so a test picks kill
-points from the trace of an uninterrupted run.
+points from the trace of an uninterrupted run. An experiment's worker processes (--jobs N)
+get the same patches and report the same events.
 """
 import json
 import logging
@@ -27,17 +37,28 @@ import signal
 import sys
 
 SPEC = json.loads(os.environ.get("ENTRANNAS_FAULT") or "{}")
+if "only_rank" in SPEC and os.environ.get("RANK", "0") != str(SPEC["only_rank"]):
+    SPEC = {k: v for k, v in SPEC.items() if k == "trace"}
 FULL = SPEC.get("enospc_from") == "start"
 _CKPT_LABEL = [None]   # position of the checkpoint being written
+_COUNT = [0]           # events seen by this process
+_PARENT = [None]       # in an experiment's worker: the experiment's process
 
 
 def event(label: str) -> None:
     global FULL
+    _COUNT[0] += 1
     if "trace" in SPEC:
         with open(SPEC["trace"], "a") as f:
             f.write(label + "\n")
-    if SPEC.get("kill_at") == label:
+    if SPEC.get("kill_at") == label or SPEC.get("kill_after") == _COUNT[0]:
         os.kill(os.getpid(), signal.SIGKILL)
+    if SPEC.get("kill_parent_after") == _COUNT[0] and _PARENT[0] is not None and os.getppid() == _PARENT[0]:
+        os.kill(_PARENT[0], signal.SIGKILL)
+    if SPEC.get("stop_at") == label:
+        os.kill(os.getpid(), signal.SIGSTOP)
+    if SPEC.get("sigterm_at") == label:
+        os.kill(os.getpid(), signal.SIGTERM)
     if SPEC.get("enospc_from") == label:
         FULL = True
 
@@ -83,13 +104,43 @@ def _open(file, mode="r", *args, **kwargs):
     return _File(f, file) if any(c in mode for c in "wax+") else f
 
 
+def _in_worker(initializer, initargs, parent) -> None:
+    """An experiment worker's start: the patches first, then the library's own initializer."""
+    _PARENT[0] = parent
+    install()
+    if initializer is not None:
+        initializer(*initargs)
+
+
 def install() -> None:
+    import pathlib
+    from concurrent.futures import ProcessPoolExecutor
+
+    import entrannas.experiments.common
     import entrannas.fsutil
     import entrannas.loop
     import entrannas.rundir
     import entrannas.search
     import entrannas.train
     import torch
+
+    class Pool(ProcessPoolExecutor):
+        def __init__(self, *args, initializer=None, initargs=(), **kwargs):
+            super().__init__(*args, initializer=_in_worker, initargs=(initializer, initargs, os.getpid()),
+                             **kwargs)
+    entrannas.experiments.common.ProcessPoolExecutor = Pool
+
+    if SPEC.get("flip_checkpoint_read"):
+        real_read_bytes = pathlib.Path.read_bytes
+
+        def read_bytes(self):
+            data = real_read_bytes(self)
+            if self.name == "checkpoint.pt" and data:
+                data = bytearray(data)
+                data[len(data) // 2] ^= 0x10
+                data = bytes(data)
+            return data
+        pathlib.Path.read_bytes = read_bytes
 
     # Every write of a run file goes through these opens: atomic writes, metrics, the log.
     entrannas.fsutil.open = _open

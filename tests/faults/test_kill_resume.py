@@ -7,6 +7,8 @@ import signal
 
 import pytest
 
+from entrannas.runlock import LOCK_NAME
+
 from .conftest import SEARCH, TRAIN, assert_same_run, cli, one_line, position
 
 SEED = 20240607
@@ -16,9 +18,12 @@ FIRST = "ckpt_rename:0:2"
 KINDS = ("step", "step", "step", "ckpt_half", "ckpt_rename", "metrics_half", "metrics")
 
 
-def kill_points(trace: list[str], seed: int) -> list[str]:
+def kill_points(trace: list[str], seed: int, count: int | None = None) -> list[str]:
+    """FIRST, then one seeded point of each of KINDS, or `count - 1` seeded points of any kind."""
     rng = random.Random(seed)
     start = trace.index(FIRST) + 1
+    if count is not None:
+        return [FIRST] + [trace[i] for i in sorted(rng.sample(range(start, len(trace)), count - 1))]
     chosen = set()
     for kind in KINDS:
         options = [i for i in range(start, len(trace)) if trace[i].split(":")[0] == kind and i not in chosen]
@@ -33,9 +38,9 @@ def saved_before(trace: list[str], label: str):
     return tuple(int(x) for x in done[-1].split(":")[1:]) if done else None
 
 
-def kill_chain(tmp_path, kind, fresh, ref, trace):
+def kill_chain(tmp_path, kind, fresh, ref, trace, seed=SEED, count=None):
     out = tmp_path / "run"
-    kills = kill_points(trace, SEED)
+    kills = kill_points(trace, seed, count)
     assert len(kills) >= 5
     for label in kills:
         if position(out) is None and out.exists():
@@ -47,8 +52,9 @@ def kill_chain(tmp_path, kind, fresh, ref, trace):
             args += ["--genotype", out] if kind == "train" else []
         else:
             args = fresh + ["--out", out] if not out.exists() else [kind, "-q", "--resume", out]
-        p = cli(args, fault={"kill_at": label})
+        p = cli(args, fault={"kill_at": label})  # a stale .lock from the last kill does not stop it
         assert p.returncode == -signal.SIGKILL, f"not killed at {label}: rc {p.returncode} {p.stderr}"
+        assert (out / LOCK_NAME).exists()  # left by the killed process, holding no lock
         assert position(out) == saved_before(trace, label), label   # the previous checkpoint loads
         if label.startswith(("ckpt_half", "ckpt_rename")):   # the write was really cut short
             assert list(out.glob(".checkpoint.pt.*.tmp")), label
@@ -59,6 +65,7 @@ def kill_chain(tmp_path, kind, fresh, ref, trace):
     p = cli([kind, "-q", "--resume", out])
     assert p.returncode == 0, p.stderr
     assert_same_run(ref, out)
+    assert not (out / LOCK_NAME).exists()
     return kills
 
 

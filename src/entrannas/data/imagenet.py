@@ -127,7 +127,7 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 def imagenet_search_subset(dataset, fraction: float = 0.1, seed: int = 0):
     """Two disjoint index lists ``(weight_idx, arch_idx)``, each holding ``fraction`` of every
     class (at least one image where the class has two or more), drawn per class at random
-    (SPEC section 4: 10% / 10% of the ImageNet train set). Sorted, so reading is sequential."""
+    (paper appendix A.1: 10% / 10% of the ImageNet train set). Sorted, so reading is sequential."""
     if not 0.0 < fraction <= 0.5:
         raise ValueError(f"fraction must be in (0, 0.5], got {fraction}")
     targets = torch.as_tensor(dataset.targets, dtype=torch.long)

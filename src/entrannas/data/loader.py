@@ -38,7 +38,7 @@ def derive_seed(*parts: int) -> int:
 
 def split_indices(n: int, fraction: float = 0.5, seed: int = 0, limit: int | None = None):
     """Split ``range(n)`` at random into ``(weight_idx, arch_idx)`` int64 tensors: a
-    ``fraction`` share for the weights, the rest for the architecture (SPEC section 4:
+    ``fraction`` share for the weights, the rest for the architecture (paper appendix A.1:
     50/50 on CIFAR). ``limit`` keeps at most that many of each (a random subset, for quick
     CPU runs). Both are returned sorted, for memory locality; the loader shuffles."""
     if not 0.0 < fraction < 1.0:

@@ -43,19 +43,8 @@ def run_experiment(name: str, scale: str = "cpu", out: str | Path | None = None,
     ctx = Context(name, scale, out, jobs=max(1, int(jobs)), quiet=quiet, overrides=list(overrides),
                   options={k: v for k, v in options.items() if v is not None})
     ctx.settings  # fail on a bad scale before any work
-    _check_writable(out)
-    module = importlib.import_module(f".{name}", __name__)
-    return module.run(ctx)
-
-
-def _check_writable(out: Path) -> None:
-    """Say so before any work if the output folder cannot be written."""
-    from ..rundir import RunError
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise RunError(f"cannot write to the output folder {out} ({e.strerror or e}): choose "
-                       f"another with --out") from None
+    from ..runlock import hold_run
+    # One experiment per folder at a time; a failed start takes back what it made.
+    with hold_run(out, create=True, what="output folder"):
+        module = importlib.import_module(f".{name}", __name__)
+        return module.run(ctx)

@@ -8,16 +8,18 @@ separate processes (each with its share of the CPU threads, or on the same GPU).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import shutil
-import sys
-import time
-import contextlib
 import signal
+import sys
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import resources
 from multiprocessing import get_context
@@ -28,7 +30,8 @@ import yaml
 
 from ..config import ConfigError, from_dict, load_config, to_dict
 from ..fsutil import atomic_write_text
-from ..rundir import format_eta
+from ..rundir import RunError, format_eta
+from ..runlock import LOCK_NAME, run_lock
 
 SCALES = ("cpu", "paper")
 
@@ -103,16 +106,27 @@ def _threads_per_job(jobs: int) -> int:
 
 def _run_job(job: Job, threads: int | None, quiet: bool) -> dict:
     """Run or resume one sub-run and return what the tables need. Top-level so that worker
-    processes can import it."""
+    processes can import it. The sub-run's folder is held (runlock) from the first look."""
+    run_dir = Path(job.run_dir)
+    _BUSY.set()
+    try:
+        with run_lock(run_dir) if run_dir.is_dir() else contextlib.nullcontext():
+            return _run_held_job(job, run_dir, threads, quiet)
+    finally:
+        _BUSY.clear()
+
+
+def _run_held_job(job: Job, run_dir: Path, threads: int | None, quiet: bool) -> dict:
     import torch
     if threads:
         torch.set_num_threads(threads)
     t0 = time.time()
-    run_dir = Path(job.run_dir)
     fresh = not (run_dir / "checkpoint.pt").exists()
     if fresh and run_dir.exists():
         # A folder without a checkpoint holds less than one epoch: nothing finished is lost.
-        shutil.rmtree(run_dir)
+        for p in run_dir.iterdir():
+            if p.name != LOCK_NAME:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if not fresh:
         _check_same_config(job, run_dir)
     if job.kind == "search":
@@ -164,11 +178,38 @@ def _check_same_config(job: Job, run_dir: Path) -> None:
                           f"delete that folder to redo it")
 
 
+_BUSY = threading.Event()  # set while this (worker) process runs a sub-run
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Worker start-up: when the experiment's process dies (even by SIGKILL) the worker stops
+    too, so no orphan runs a sub-run on, or holds its lock, unseen. SIGTERM first: a sub-run's
+    loop then checkpoints and stops, as on Ctrl-C; an idle worker just ends."""
+    from ..loop import StopFlag
+    StopFlag.notice = False  # the experiment's process says it once for all its workers
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.time() + 120  # a checkpoint write, not a whole epoch
+        while _BUSY.is_set() and time.time() < deadline:
+            time.sleep(0.2)
+        os._exit(1)
+    threading.Thread(target=watch, name="entrannas-parent-watch", daemon=True).start()
+
+
 @contextlib.contextmanager
 def _forward_stop_to(pool: ProcessPoolExecutor):
     """Ctrl-C or SIGTERM on the experiment reaches every worker: each checkpoints its sub-run
     and stops (the search/training loops handle both), instead of running on orphaned."""
+    told = []
+
     def forward(signum, frame):
+        if not told:
+            told.append(signum)
+            print("\nstopping every sub-run after its current step; each saves a checkpoint "
+                  "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
         for p in list(getattr(pool, "_processes", {}).values()):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGTERM)
@@ -205,8 +246,15 @@ def run_jobs(ctx: Context, jobs: list[Job]) -> list[dict]:
             report(i, results[i])
     else:
         threads = _threads_per_job(ctx.jobs)
+        # After a worker is killed, multiprocessing's resource tracker (started with the pool,
+        # with this process's -W flags) warns about the queue semaphores the dead worker left,
+        # then frees them: stdlib noise under the experiment's own one line.
+        quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+        if quiet not in sys.warnoptions:
+            sys.warnoptions.append(quiet)
         # spawn: a fresh interpreter per worker (fork after torch has started threads can hang).
-        with ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=get_context("spawn")) as pool, \
+        with ProcessPoolExecutor(max_workers=ctx.jobs, mp_context=get_context("spawn"),
+                                 initializer=_stop_with_parent, initargs=(os.getpid(),)) as pool, \
                 _forward_stop_to(pool):
             futures = {pool.submit(_run_job, job, threads, True): i for i, job in enumerate(jobs)}
             ctx.log(f"{len(jobs)} sub-runs in {ctx.jobs} processes x {threads} thread(s); logs in "
@@ -215,6 +263,12 @@ def run_jobs(ctx: Context, jobs: list[Job]) -> list[dict]:
                 i = futures[f]
                 try:
                     results[i] = f.result()
+                except BrokenProcessPool:
+                    # A worker was killed (SIGKILL, out of memory); the others were stopped,
+                    # each after a checkpoint. Every finished epoch is on disk.
+                    raise RunError("a sub-run's process died (killed, or out of memory); the "
+                                   "sub-runs keep their last checkpoints: run the same command "
+                                   "again to continue") from None
                 except BaseException:
                     for other in futures:  # nothing new starts; running sub-runs checkpoint
                         other.cancel()
