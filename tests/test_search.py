@@ -152,3 +152,38 @@ def test_resuming_a_finished_search_returns_the_genotype_it_saved(reference):
     again = resume_search(reference, quiet=True)
     assert again.genotype.to_dict()["normal"] == saved.to_dict()["normal"]
     assert again.genotype.to_dict()["reduce"] == saved.to_dict()["reduce"]
+
+
+def test_a_resumed_step_updates_the_same_weights_as_an_uninterrupted_one():
+    """A resumed run starts without gradient tensors. The candidates a Transit-cell did not
+    select still get their momentum and weight-decay step, as in the run that never stopped,
+    so the weights after a resume are the uninterrupted run's, bit for bit."""
+    from entrannas.optim import optimizer_options
+    from entrannas.search import search_step
+    from entrannas.supernet import SuperNet
+
+    def make():
+        torch.manual_seed(0)
+        net = SuperNet(method="entrannas", C=4, layers=5, num_classes=10, in_channels=1, engine_cells="first")
+        w = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4,
+                            **optimizer_options(torch.device("cpu")))
+        a = torch.optim.Adam(net.arch_parameters(), lr=0.05, betas=(0.5, 0.999), weight_decay=1e-3)
+        return net, w, a
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 1, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g))
+               for _ in range(6)]
+    net, w, a = make()
+    for b in batches:
+        search_step(net, w, a, b, b)
+    resumed, w2, a2 = make()
+    for b in batches[:3]:
+        search_step(resumed, w2, a2, b, b)
+    state = {k: v.clone() for k, v in resumed.state_dict().items()}
+    ws, as_ = w2.state_dict(), a2.state_dict()
+    resumed, w2, a2 = make()  # a new process: no gradient tensors
+    resumed.load_state_dict(state), w2.load_state_dict(ws), a2.load_state_dict(as_)
+    for b in batches[3:]:
+        search_step(resumed, w2, a2, b, b)
+    for (name, x), y in zip(net.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(x, y), name

@@ -107,7 +107,7 @@ def dst_regulariser(betas: torch.Tensor) -> torch.Tensor:
 def derive_top2(weights: torch.Tensor, none_index: int | None) -> Selection:
     """The DARTS rule: per node, the two edges with the largest non-`none` weight, and on each
     the argmax non-`none` op. Edges are listed strongest first; ties go to the lower index."""
-    w = weights.detach().to("cpu", torch.float64)
+    w = weights.detach().to("cpu", torch.float64, copy=True)  # a copy: it is written below
     if none_index is not None:
         w[:, none_index] = float("-inf")
     best, best_op = w.max(dim=-1)

@@ -100,15 +100,32 @@ def bank_batch_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, rows
     place for a range, written back for a gather). Under torchrun the statistics cover the
     global batch, as SyncBatchNorm2d's do."""
     rm, rv = rows.take(mean, width), rows.take(var, width)
+    # On a CPU, BatchNorm of a channels_last map with few channels is several times slower
+    # than of the same map in NCHW (its kernel vectorises over channels); two copies cost less.
+    narrow = x.device.type == "cpu" and x.shape[1] < 16 and _is_channels_last(x)
+    if narrow:
+        x = x.contiguous()
     if training and ddp.active():
         y = ddp.sync_batch_norm(x, rm, rv, None, None, eps, momentum)
     else:
         y = F.batch_norm(x, rm, rv, None, None, training, momentum, eps)
+    if narrow:
+        y = y.contiguous(memory_format=torch.channels_last)
     if training and not rows.contiguous:
         with torch.no_grad():
             mean.index_copy_(0, rows.index(width), rm)
             var.index_copy_(0, rows.index(width), rv)
     return y
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] > 1 and not x.is_contiguous() and \
+        x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """`t` in `ref`'s memory format (a channels_last run keeps every map channels_last)."""
+    return t.contiguous(memory_format=torch.channels_last) if _is_channels_last(ref) else t
 
 
 def _init_uniform(t: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -251,7 +268,7 @@ class SkipBank(_Bank):
             odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
         h, w = even.shape[-2:]
         both = torch.stack([even.reshape(B, G, self.C, h, w), odd.reshape(B, G, self.C, h, w)], 2)
-        y = F.conv2d(both.reshape(B, 2 * GC, h, w), self._w("w", rows), None, 1, 0, 1, 2 * G)
+        y = F.conv2d(_like(both.reshape(B, 2 * GC, h, w), x), self._w("w", rows), None, 1, 0, 1, 2 * G)
         return self._bn("bn", y, rows)
 
 
@@ -314,11 +331,9 @@ class Group:
 
 @dataclass
 class Mix:
-    """Engine mixing of a run of blocks into target nodes: P = W @ Z[blocks] (eqs. 1, 6)."""
+    """Engine mixing of a point's blocks into its target nodes: P = W @ Z (eqs. 1, 6)."""
     targets: tuple[int, ...]
-    start: int
-    count: int
-    coeff_index: torch.Tensor  # [len(targets), count] into the padded flat coefficients
+    coeff_index: torch.Tensor  # [len(targets), blocks] into the padded flat coefficients
 
 
 @dataclass
@@ -326,7 +341,6 @@ class Point:
     sources: tuple[int, ...]  # nodes feeding this point's ops, in input order
     squeeze: Rows  # their rows in the bottleneck's squeeze bank
     groups: list[Group]
-    stacked: bool  # Engine: all groups share their rows, blocks ordered (row, op)
     mixes: list[Mix]  # Engine only
     adds: dict[int, list[tuple[int, int]]]  # Transit: node -> [(group, block within group)]
     # Partial channels (PC-DARTS): the bypassed channels of each edge's source join its node.
@@ -402,9 +416,9 @@ def _build_plan(sharing, n_ops, engine, pairs, device, edges=None) -> Plan:
                         tuple(used.index(blocks[(k, r)][0]) for r in rows))
                   for k, rows in sorted(by_op.items())]
         squeeze = Rows(p, tuple(s - POINT_SOURCES[p][0] for s in used), len(sources), device)
-        point = Point(used, squeeze, groups, engine and len({g.rows.rows for g in groups}) == 1, [], {})
+        point = Point(used, squeeze, groups, [], {})
         if engine:
-            _engine_mixes(point, blocks, sharing, n_ops, pad, device)
+            _engine_mixes(point, blocks, n_ops, pad, device)
         else:
             for gi, g in enumerate(groups):
                 for b, r in enumerate(g.rows.rows):
@@ -422,28 +436,17 @@ def _build_plan(sharing, n_ops, engine, pairs, device, edges=None) -> Plan:
     return Plan(points)
 
 
-def _engine_mixes(point: Point, blocks, sharing, n_ops, pad, device) -> None:
-    # Block order in Z: (row, op) when every group has the same rows (stacked), else (op, row).
-    if point.stacked:
-        order = [(g.op, r) for r in point.groups[0].rows.rows for g in point.groups]
-    else:
-        order = [(g.op, r) for g in point.groups for r in g.rows.rows]
-    targets_of = {b: sorted(set(blocks[b][1])) for b in order}
-
-    def index(targets, run):
-        return torch.tensor([[edge_index(blocks[b][0], j) * n_ops + b[0] if j in targets_of[b] else pad
-                              for b in run] for j in targets], device=device)
-
-    all_targets = sorted({j for b in order for j in targets_of[b]})
-    if sharing or not point.stacked:
-        point.mixes.append(Mix(tuple(all_targets), 0, len(order), index(all_targets, order)))
-        return
-    # Without sharing a block feeds one node: one product per node over its contiguous rows.
-    for j in all_targets:
-        run = [n for n, b in enumerate(order) if j in targets_of[b]]
-        start, count = run[0], len(run)
-        assert run == list(range(start, start + count))
-        point.mixes.append(Mix((j,), start, count, index((j,), order[start:start + count])))
+def _engine_mixes(point: Point, blocks, n_ops, pad, device) -> None:
+    """One product for the whole point: W[j, block] is the block's coefficient on the edge into
+    node j, or the padded zero where the block does not feed j (without feature sharing each
+    block feeds one node; the zeros cost less than splitting the product per node, whose slices
+    would each need a full-size zero gradient)."""
+    order = [(g.op, r) for g in point.groups for r in g.rows.rows]  # the groups' outputs, in order
+    targets_of = {b: set(blocks[b][1]) for b in order}
+    targets = sorted(set().union(*targets_of.values()))
+    index = torch.tensor([[edge_index(blocks[b][0], j) * n_ops + b[0] if j in targets_of[b] else pad
+                           for b in order] for j in targets], device=device)
+    point.mixes.append(Mix(tuple(targets), index))
 
 
 # -- the cell --------------------------------------------------------------------------------
@@ -567,8 +570,8 @@ class BankedCell(nn.Module):
         weighted by the edge weights in an Engine-cell."""
         n = len(point.sources)
         per_source = S.unflatten(1, (n, self.C_node))
-        ops_in = per_source[:, :, :self.C_op].flatten(1, 2)
-        R = per_source[:, :, self.C_op:].flatten(1, 2)
+        ops_in = _like(per_source[:, :, :self.C_op].flatten(1, 2), S)
+        R = _like(per_source[:, :, self.C_op:].flatten(1, 2), S)
         if stride == 2:
             R = F.max_pool2d(R, 2, 2, ceil_mode=True)  # as cells.SearchCell's bypass_pool
         B, _, H, W = R.shape
@@ -577,9 +580,9 @@ class BankedCell(nn.Module):
             V = flat_w.take(point.rest_index)
             if V.dtype != R.dtype:
                 V = V.to(R.dtype)
-            P = torch.matmul(V, R.reshape(B, n, width * H * W))
+            P = torch.matmul(V, R.contiguous().reshape(B, n, width * H * W))
             for t, j in enumerate(point.rest_targets):
-                term = P[:, t].view(B, width, H, W)
+                term = _like(P[:, t].view(B, width, H, W), S)
                 rest[j] = term if j not in rest else rest[j] + term
         else:
             for j, positions in point.rest_adds.items():
@@ -618,27 +621,33 @@ class BankedCell(nn.Module):
             return x
         if positions == tuple(range(positions[0], positions[0] + len(positions))):
             return x.narrow(1, positions[0] * C, len(positions) * C)
+        if len(positions) % n_sources == 0 and positions == tuple(range(n_sources)) * (len(positions) // n_sources):
+            return _like(x.repeat(1, len(positions) // n_sources, 1, 1), x)  # backward: a sum
         key = ("gather", positions, str(x.device))
         if key not in self._cache:
             self._cache[key] = torch.tensor([q * C + c for q in positions for c in range(C)], device=x.device)
-        return x.index_select(1, self._cache[key])
+        return _like(x.index_select(1, self._cache[key]), x)
 
     def _mix(self, outs, point: Point, flat_coeff, acc) -> None:
-        """acc[j] += sum over blocks of coeff * block, as one matrix product per run of blocks."""
+        """acc[j] += sum over blocks of coeff * block, as one matrix product for the point."""
         B, _, H, W = outs[0].shape
-        D = self.C_op * H * W
-        if point.stacked:  # [B, rows, ops, D]: blocks in (row, op) order
-            Z = torch.stack([o.reshape(B, -1, D) for o in outs], 2).reshape(B, -1, D)
+        C = self.C_op
+        D = C * H * W
+        # Z: [blocks, B * D], block-major, so the product is one GEMM and each node's term a
+        # contiguous row of it; in the maps' own memory layout (NCHW or channels_last).
+        last = _is_channels_last(outs[0])
+        if last:
+            Z = torch.cat([o.permute(0, 2, 3, 1).reshape(B, H, W, -1, C).permute(3, 0, 1, 2, 4)
+                           for o in outs]).reshape(-1, B * D)
         else:
-            Z = torch.cat([o.reshape(B, -1, D) for o in outs], 1)
+            Z = torch.cat([o.reshape(B, -1, D).transpose(0, 1) for o in outs]).reshape(-1, B * D)
         for mix in point.mixes:
             Wm = flat_coeff.take(mix.coeff_index)
             if Wm.dtype != Z.dtype:  # bf16 autocast: matmul would cast anyway
                 Wm = Wm.to(Z.dtype)
-            z = Z if mix.count == Z.shape[1] else Z.narrow(1, mix.start, mix.count)
-            P = torch.matmul(Wm, z)  # [B, targets, D]
+            P = torch.mm(Wm, Z)  # [targets, B * D]
             for t, j in enumerate(mix.targets):
-                term = P[:, t].view(B, self.C_op, H, W)
+                term = P[t].view(B, H, W, C).permute(0, 3, 1, 2) if last else P[t].view(B, C, H, W)
                 acc[j] = term if j not in acc else acc[j] + term
 
     # -- weights from the one-call-per-op cell --------------------------------------------------

@@ -69,7 +69,12 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
     # Zeros, not None: a candidate the derived cell did not use this step is still stepped
     # (momentum, weight decay) like one whose bank row was unused, as in the DARTS-family code;
     # and the gradient tensors stay put, which a captured CUDA graph needs (docs/design.md).
+    # Every weight gets its zero gradient at the first step, so the rule does not depend on
+    # which candidates a run happened to use before (a resumed run starts without gradients).
     w_opt.zero_grad(set_to_none=False)
+    for p in weights:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     logits = net(xt)
     loss = F.cross_entropy(logits, yt)
     loss.backward(inputs=weights)
