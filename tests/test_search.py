@@ -187,3 +187,13 @@ def test_a_resumed_step_updates_the_same_weights_as_an_uninterrupted_one():
         search_step(resumed, w2, a2, b, b)
     for (name, x), y in zip(net.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(x, y), name
+
+
+def test_metrics_count_the_steps_whose_derived_cell_changed(reference):
+    """Transit-cells run the cell derived at each step; how often it changes is in the metrics
+    (a kill and resume keeps the count: the resume test compares whole metric rows)."""
+    rows = _metrics(reference)
+    steps = 192 // 32
+    assert all(0 <= r["selection_changes"] <= steps for r in rows)
+    assert any(r["selection_changes"] > 0 for r in rows)  # arch lr 0.05 moves alpha at once
+    assert "derived cell changed at" in (reference / "log.txt").read_text()

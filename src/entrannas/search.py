@@ -161,6 +161,9 @@ class _Search(StepAccounting):
         # Position: `step` batches of epoch `epoch` are done; `partial` sums their loss,
         # correct predictions and images so a resumed epoch reports the same metrics.
         self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0
+        # Steps of this epoch whose weight step ran Transit-cells on another derived cell than
+        # the step before (a selection that flips keeps re-training other paths).
+        self.changes, self.last_selection = 0, None
         if state is not None:
             try:
                 self.net.load_state_dict(state["net"])
@@ -175,6 +178,11 @@ class _Search(StepAccounting):
             # are in (an epoch-end checkpoint has moved on to the next epoch), so a resumed
             # finished search derives the genotype it saved.
             self.net.set_epoch(self.epoch - 1 if self.step == 0 and self.epoch > 0 else self.epoch)
+            self.changes = state.get("selection_changes", 0)
+            if self.net.has_transit() and (self.epoch, self.step) != (0, 0):
+                # The last step's Transit-cells ran on the cell that alpha/beta derive now.
+                with torch.no_grad():
+                    self.last_selection = self.net.arch_state().selection
         # `--resume RUN --set optim.epochs=N`: the length the checkpoint's run was planned for.
         self.extended_from = (state["config"]["optim"]["epochs"]
                               if state is not None and state["config"]["optim"]["epochs"] != cfg.optim.epochs
@@ -197,6 +205,7 @@ class _Search(StepAccounting):
                 save_checkpoint(self.run.file("checkpoint.pt"), {
                     "kind": "search", "config": to_dict(self.cfg), "epoch": self.epoch,
                     "step": self.step, "partial": self.partial, "elapsed": self.timer.elapsed,
+                    "selection_changes": self.changes,
                     "net": self.net.state_dict(), "w_opt": self.w_opt.state_dict(),
                     "a_opt": self.a_opt.state_dict(), "genotype": self.net.genotype().to_dict()})
 
@@ -225,6 +234,10 @@ class _Search(StepAccounting):
                 except FloatingPointError as err:  # raised before the update: alpha/beta still good
                     bar.close()
                     raise self.diverged(f"{err} at epoch {e + 1}, step {self.step + 1}") from None
+                if net.last_selection is not None:
+                    if self.last_selection is not None and net.last_selection != self.last_selection:
+                        self.changes += 1
+                    self.last_selection = net.last_selection
                 self.account_step(loss, logits, yt, stop, e, steps, total, done0, bar,
                                   f"tau {net.tau:.3f}")
             self.end_epoch(e, lr)
@@ -242,6 +255,8 @@ class _Search(StepAccounting):
                "val_loss": val_loss, "val_acc": val_acc, "cells": cell_summary(genotype),
                "genotype": genotype.to_dict(), "wall_time": self.timer.elapsed,
                "peak_mem_gib": peak_memory_gib(self.device)}
+        if net.has_transit():
+            row["selection_changes"] = self.changes
         if net.derivation == "dst":
             row["thresholds"] = {t: net.thresholds(t).tolist() for t in CELL_TYPES}
         if net.edge_normalization:
@@ -256,8 +271,10 @@ class _Search(StepAccounting):
                 plot_genotype(genotype, run.file("cells.png"), title=f"epoch {e + 1}")
         run.log.info(f"epoch {e + 1} done: train acc {row['train_acc']:.2f}% val acc {val_acc:.2f}% "
                      f"edges N/R {row['cells']['normal']['edges']}/{row['cells']['reduce']['edges']} "
+                     + (f"derived cell changed at {self.changes} of {len(self.data.train)} steps "
+                        if net.has_transit() else "") +
                      f"wall {format_eta(row['wall_time'])}")
-        self.epoch, self.step, self.partial = e + 1, 0, [0.0, 0.0, 0]
+        self.epoch, self.step, self.partial, self.changes = e + 1, 0, [0.0, 0.0, 0], 0
         self.checkpoint()
 
 

@@ -123,6 +123,7 @@ class SuperNet(nn.Module):
         self.edge_normalization = bool(cfg["edge_normalization"])
         self.temperature = Temperature(float(cfg["tau0"]), float(cfg["tau_decay"]))
         self.tau = self.temperature(0)
+        self.last_selection = None  # the derived cell of the last training forward (Transit-cells)
         self.dst_lambda = float(dst_lambda)
         # DST learns topology explicitly, so it searches without `none` (paper appendix A.2).
         self.op_names = op_names(space, include_none=self.derivation != "dst")
@@ -273,8 +274,10 @@ class SuperNet(nn.Module):
     def forward(self, x: torch.Tensor, child: bool = False) -> torch.Tensor:
         """Logits. `child=True` runs every cell as a Transit-cell on the derived architecture:
         the child-net of paper Table 1 (same weights, derived paths only)."""
-        has_transit = child or len(self.engine_cells) < self.layers
+        has_transit = child or self.has_transit()
         state = self.arch_state(need_selection=has_transit)
+        if self.training and not child and has_transit:
+            self.last_selection = state.selection  # the search counts how often it changes
         if self.stem_type == "cifar":
             s0 = s1 = self.stem(x)
         else:
@@ -289,6 +292,10 @@ class SuperNet(nn.Module):
                                           state.edge_weight.get(t))
             s0, s1 = s1, out
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def has_transit(self) -> bool:
+        """Whether some cell is a Transit-cell (it runs the derived cell, not the mixture)."""
+        return len(self.engine_cells) < self.layers
 
     def is_engine(self, c: int) -> bool:
         """Whether cell c is an Engine-cell (the others are Transit-cells)."""
