@@ -29,6 +29,29 @@ def test_auto_is_off_on_cpu_and_on_for_cuda():
     assert accel.use_bf16(forced, cpu) and accel.use_channels_last(forced, cpu)
 
 
+def test_bf16_with_channels_last_is_refused_on_cpu_only(tmp_path, capsys):
+    from entrannas.cli import main
+    from entrannas.config import ConfigError
+    both = load_config("fmnist-quick", TINY + ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"])
+    accel.check(both.run, torch.device("cuda"))  # the GPU fast path itself
+    for one in (["run.precision=bf16"], ["run.channels_last=true"]):
+        accel.check(load_config("fmnist-quick", TINY + one).run, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="run.precision=bf16 with run.channels_last=true"):
+        run_search(both, tmp_path / "search", quiet=True)
+    assert not (tmp_path / "search").exists()  # refused before any file
+    argv = ["search", "-c", "fmnist-quick", "-o", str(tmp_path / "cli"), "-q"]
+    for s in TINY + ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"]:
+        argv += ["--set", s]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run.channels_last=false" in err and "run.precision=fp32" in err
+    assert not (tmp_path / "cli").exists()
+    train = load_config("fmnist-eval", ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"])
+    with pytest.raises(ConfigError, match="not supported on a CPU"):
+        run_training(train, "DARTS_V2", tmp_path / "train", quiet=True)
+    assert not (tmp_path / "train").exists()
+
+
 def test_loader_hands_out_the_layout_asked_for():
     for value, fmt in (("auto", torch.contiguous_format), ("true", torch.channels_last)):
         cfg = load_config("fmnist-quick", TINY + [f"run.channels_last={value}"])
@@ -42,8 +65,7 @@ def test_default_search_on_cpu_is_the_plain_float32_search(tmp_path):
                        tmp_path / "plain", quiet=True)
     assert _metrics(auto.run_dir) == _metrics(plain.run_dir)
     # bf16 autocast really runs the forward passes in bfloat16: the numbers move a little.
-    bf16 = run_search(load_config("fmnist-quick", TINY + ["run.precision=bf16", "run.channels_last=true"]),
-                      tmp_path / "bf16", quiet=True)
+    bf16 = run_search(load_config("fmnist-quick", TINY + ["run.precision=bf16"]), tmp_path / "bf16", quiet=True)
     a, b = _metrics(plain.run_dir)[0], _metrics(bf16.run_dir)[0]
     assert a["train_loss"] != b["train_loss"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
 

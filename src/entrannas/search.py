@@ -147,6 +147,7 @@ class _Search(StepAccounting):
     def __init__(self, cfg: SearchConfig, state: dict | None = None, checkpoint: Path | None = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)
+        accel.check(cfg.run, self.device)
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=True)
         self.net = accel.prepare(build_supernet(cfg, self.data.info).to(self.device), cfg.run, self.device)
