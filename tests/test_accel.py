@@ -30,7 +30,8 @@ def test_auto_is_off_on_cpu_and_on_for_cuda():
 
 
 def test_bf16_with_channels_last_is_refused_on_cpu_only(tmp_path, capsys):
-    from entrannas.cli import main
+    from helpers import fails_with_one_line as _fails
+
     from entrannas.config import ConfigError
     both = load_config("fmnist-quick", TINY + ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"])
     accel.check(both.run, torch.device("cuda"))  # the GPU fast path itself
@@ -42,9 +43,8 @@ def test_bf16_with_channels_last_is_refused_on_cpu_only(tmp_path, capsys):
     argv = ["search", "-c", "fmnist-quick", "-o", str(tmp_path / "cli"), "-q"]
     for s in TINY + ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"]:
         argv += ["--set", s]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "run.channels_last=false" in err and "run.precision=fp32" in err
+    _fails(capsys, argv, "run.precision=bf16", "run.channels_last=true", "run.channels_last=false",
+           "run.precision=fp32")
     assert not (tmp_path / "cli").exists()
     train = load_config("fmnist-eval", ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"])
     with pytest.raises(ConfigError, match="not supported on a CPU"):
