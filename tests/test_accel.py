@@ -86,11 +86,18 @@ def test_search_epoch_benchmark_reports_the_paper_setting(tmp_path):
     import sys
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "search_epoch.py"
+    bad = subprocess.run([sys.executable, str(script), "--epochs", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "at least 2" in bad.stderr  # one steady epoch needs a first one
     out = tmp_path / "rows.json"
-    subprocess.run([sys.executable, str(script), "--steps", "1", "--warmup", "0", "--methods",
-                    "entrannas", "--batch", "16", "--json", str(out)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), "--steps", "1", "--methods", "entrannas", "--batch", "16",
+                    "--json", str(out)], check=True, capture_output=True)
     (row,) = json.loads(out.read_text())
-    # 25,000 weight images per epoch at batch 16; one step timed and extrapolated.
+    # 25,000 weight images per epoch at batch 16; two epochs, one step and one validation
+    # batch of each timed and extrapolated.
     assert row["steps_per_epoch"] == 25000 // 16 and not row["epoch_measured"]
-    assert row["epoch_s"] == pytest.approx(row["s_per_step"] * row["steps_per_epoch"])
+    first, steady = row["epochs"]
+    assert row["epoch_s"] == steady["train_s"] + steady["val_s"] and row["val_s"] > 0
+    assert row["s_per_step"] == pytest.approx(steady["train_s"] / row["steps_per_epoch"])
+    assert row["fifty_epochs_min"] * 60 == pytest.approx(first["epoch_s"] + 49 * steady["epoch_s"])
+    assert row["kernels_are"] == "top-level aten ops" and row["kernels_per_step"] > 100
     assert row["precision"] == "fp32" and row["peak_mem_gib"] > 0
