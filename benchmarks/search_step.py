@@ -43,12 +43,9 @@ def _rss_bytes() -> int:
 PEERS = {"official-darts": "DARTS (official)", "official-pcdarts": "PC-DARTS (official)"}
 
 
-def count_top_level_ops(step) -> int:
-    """Top-level aten ops of one call of `step` (ops with no aten op above them)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-
+def top_level_aten_ops(events) -> int:
+    """aten ops among torch.profiler events that have no aten op above them: the ops the
+    Python code dispatched (search_epoch.py counts its steps with it too)."""
     def top(e):
         p = e.cpu_parent
         while p is not None:
@@ -56,7 +53,15 @@ def count_top_level_ops(step) -> int:
                 return False
             p = p.cpu_parent
         return True
-    return sum(1 for e in prof.events() if e.name.startswith("aten::") and top(e))
+    return sum(1 for e in events if e.name.startswith("aten::") and top(e))
+
+
+def count_top_level_ops(step) -> int:
+    """Top-level aten ops of one call of `step`."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return top_level_aten_ops(prof.events())
 
 
 def _entrannas_step(name: str):

@@ -29,6 +29,29 @@ def test_auto_is_off_on_cpu_and_on_for_cuda():
     assert accel.use_bf16(forced, cpu) and accel.use_channels_last(forced, cpu)
 
 
+def test_bf16_with_channels_last_is_refused_on_cpu_only(tmp_path, capsys):
+    from helpers import fails_with_one_line as _fails
+
+    from entrannas.config import ConfigError
+    both = load_config("fmnist-quick", TINY + ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"])
+    accel.check(both.run, torch.device("cuda"))  # the GPU fast path itself
+    for one in (["run.precision=bf16"], ["run.channels_last=true"]):
+        accel.check(load_config("fmnist-quick", TINY + one).run, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="run.precision=bf16 with run.channels_last=true"):
+        run_search(both, tmp_path / "search", quiet=True)
+    assert not (tmp_path / "search").exists()  # refused before any file
+    argv = ["search", "-c", "fmnist-quick", "-o", str(tmp_path / "cli"), "-q"]
+    for s in TINY + ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"]:
+        argv += ["--set", s]
+    _fails(capsys, argv, "run.precision=bf16", "run.channels_last=true", "run.channels_last=false",
+           "run.precision=fp32")
+    assert not (tmp_path / "cli").exists()
+    train = load_config("fmnist-eval", ["run.precision=bf16", "run.channels_last=true", "run.device=cpu"])
+    with pytest.raises(ConfigError, match="not supported on a CPU"):
+        run_training(train, "DARTS_V2", tmp_path / "train", quiet=True)
+    assert not (tmp_path / "train").exists()
+
+
 def test_loader_hands_out_the_layout_asked_for():
     for value, fmt in (("auto", torch.contiguous_format), ("true", torch.channels_last)):
         cfg = load_config("fmnist-quick", TINY + [f"run.channels_last={value}"])
@@ -42,8 +65,7 @@ def test_default_search_on_cpu_is_the_plain_float32_search(tmp_path):
                        tmp_path / "plain", quiet=True)
     assert _metrics(auto.run_dir) == _metrics(plain.run_dir)
     # bf16 autocast really runs the forward passes in bfloat16: the numbers move a little.
-    bf16 = run_search(load_config("fmnist-quick", TINY + ["run.precision=bf16", "run.channels_last=true"]),
-                      tmp_path / "bf16", quiet=True)
+    bf16 = run_search(load_config("fmnist-quick", TINY + ["run.precision=bf16"]), tmp_path / "bf16", quiet=True)
     a, b = _metrics(plain.run_dir)[0], _metrics(bf16.run_dir)[0]
     assert a["train_loss"] != b["train_loss"] and a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)
 
@@ -64,11 +86,18 @@ def test_search_epoch_benchmark_reports_the_paper_setting(tmp_path):
     import sys
     from pathlib import Path
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "search_epoch.py"
+    bad = subprocess.run([sys.executable, str(script), "--epochs", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "at least 2" in bad.stderr  # one steady epoch needs a first one
     out = tmp_path / "rows.json"
-    subprocess.run([sys.executable, str(script), "--steps", "1", "--warmup", "0", "--methods",
-                    "entrannas", "--batch", "16", "--json", str(out)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), "--steps", "1", "--methods", "entrannas", "--batch", "16",
+                    "--json", str(out)], check=True, capture_output=True)
     (row,) = json.loads(out.read_text())
-    # 25,000 weight images per epoch at batch 16; one step timed and extrapolated.
+    # 25,000 weight images per epoch at batch 16; two epochs, one step and one validation
+    # batch of each timed and extrapolated.
     assert row["steps_per_epoch"] == 25000 // 16 and not row["epoch_measured"]
-    assert row["epoch_s"] == pytest.approx(row["s_per_step"] * row["steps_per_epoch"])
+    first, steady = row["epochs"]
+    assert row["epoch_s"] == steady["train_s"] + steady["val_s"] and row["val_s"] > 0
+    assert row["s_per_step"] == pytest.approx(steady["train_s"] / row["steps_per_epoch"])
+    assert row["fifty_epochs_min"] * 60 == pytest.approx(first["epoch_s"] + 49 * steady["epoch_s"])
+    assert row["kernels_are"] == "top-level aten ops" and row["kernels_per_step"] > 100
     assert row["precision"] == "fp32" and row["peak_mem_gib"] > 0

@@ -39,6 +39,15 @@ def test_unknown_key_lists_the_valid_ones(capsys):
     _fails(capsys, ["search", "-c", "fmnist-quick", "--set", "optimizer.lr=0.1"], "optimizer", "optim")
 
 
+def test_search_jobs_needs_distinct_seeds(capsys, tmp_path):
+    out = tmp_path / "run"
+    base = ["search", "-c", "fmnist-quick", "-o", str(out), "-q"]
+    _fails(capsys, base + ["--jobs", "2"], "--jobs 2", "--seeds")
+    _fails(capsys, base + ["--seeds", "0", "1", "--jobs", "0"], "--jobs must be at least 1")
+    _fails(capsys, base + ["--seeds", "0", "1", "0", "--jobs", "2"], "seed 0 more than once")
+    assert not out.exists()  # refused before any folder
+
+
 @pytest.mark.parametrize("override,needle", [
     ("optim.epochs=ten", "integer"), ("optim.lr=-1", "positive"), ("data.split=1.5", "between 0 and 1"),
     ("model.method=enas", "darts"), ("run.tensorboard=maybe", "true or false"), ("optim.lr", "section.key=value")])

@@ -125,6 +125,30 @@ def test_best_of_seeds(tmp_path):
     assert result.val_acc == accs[table["best_seed"]]
 
 
+def test_seeds_in_parallel_processes_give_the_sequential_results(tmp_path):
+    from entrannas.experiments.common import _threads_per_job
+    # Each of 2 workers gets half the cores; the thread count moves a CPU search's sums (and
+    # then, chaotically, its path), so the sequential run gets the same count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(_threads_per_job(2))
+    try:
+        seq = run_search_seeds(_cfg("optim.epochs=2"), [0, 1], tmp_path / "seq", quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    par = run_search_seeds(_cfg("optim.epochs=2"), [0, 1], tmp_path / "par", quiet=True, jobs=2)
+    a, b = (json.loads((r.run_dir / "seeds.json").read_text()) for r in (seq, par))
+    assert [(r["seed"], r["val_acc"], Path(r["run_dir"]).name) for r in a["runs"]] == \
+        [(r["seed"], r["val_acc"], Path(r["run_dir"]).name) for r in b["runs"]] and a["best_seed"] == b["best_seed"]
+    assert par.genotype == seq.genotype and par.val_acc == seq.val_acc
+    for s in (0, 1):  # every seed's folder: the same files and the same numbers
+        one, two = seq.run_dir / f"seed-{s}", par.run_dir / f"seed-{s}"
+        assert sorted(p.name for p in one.rglob("*")) == sorted(p.name for p in two.rglob("*"))
+        assert _metrics(one) == _metrics(two)
+        for g in (one / "genotypes").iterdir():
+            assert g.read_text() == (two / "genotypes" / g.name).read_text()
+    assert not list(tmp_path.rglob(".lock"))  # every folder was let go
+
+
 def test_existing_run_is_never_overwritten(reference):
     from entrannas.rundir import RunError
     with pytest.raises(RunError, match="--resume"):

@@ -233,3 +233,22 @@ def test_genotype_is_derived_from_alpha():
 def test_search_cell_rejects_bad_bottleneck():
     with pytest.raises(ValueError, match="bottleneck"):
         SearchCell(op_names("standard"), 8, 8, 6, False, False, True, 4)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("method", ["entrannas", "dst", "darts", "pcdarts"])
+def test_a_repeated_step_builds_no_tensor_from_host_data(monkeypatch, method, batched):
+    """Per step nothing is made on the host and copied to the device: index tensors are built
+    when a cell layout is first seen, then reused (on a GPU each would be a copy and a sync)."""
+    torch.manual_seed(0)
+    net = SuperNet(method=method, C=8, layers=5, batched=batched)
+    x = torch.randn(2, 3, 16, 16)
+    for child in (False, True):  # the first step meets the layouts: plans and indices are built
+        net(x, child=child).sum().backward()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a repeated forward built a tensor from host data")
+    monkeypatch.setattr(torch, "tensor", refuse)
+    monkeypatch.setattr(torch, "as_tensor", refuse)
+    for child in (False, True):
+        net(x, child=child).sum().backward()

@@ -3,7 +3,8 @@ torch.compile of the target network.
 
 Every switch is `auto` by default, which means on for a CUDA device and off on a CPU: the CPU
 path (and its bit-exact results and resumes) is the plain float32 one. `run.precision=bf16`
-or `run.channels_last=true` force a switch on any device.
+or `run.channels_last=true` force a switch on any device, except the two together on a CPU
+(`check`): that pair gave NaN losses there (issue 11), and a CPU gains nothing from either.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import contextlib
 
 import torch
 
-__all__ = ["use_bf16", "use_channels_last", "autocast", "prepare", "as_input", "compiled"]
+__all__ = ["check", "use_bf16", "use_channels_last", "autocast", "prepare", "as_input", "compiled"]
 
 
 def _on(setting, device: torch.device) -> bool:
@@ -25,6 +26,17 @@ def use_bf16(run_cfg, device: torch.device) -> bool:
 
 def use_channels_last(run_cfg, device: torch.device) -> bool:
     return _on(run_cfg.channels_last, device)
+
+
+def check(run_cfg, device: torch.device) -> None:
+    """Refuse switch settings known to give wrong numbers on `device`, before any work: bf16
+    autocast over channels_last maps on a CPU gave NaN losses at batch 4 and 16 while each
+    switch alone stays finite, so a run asking for both would train on garbage."""
+    if device.type == "cpu" and use_bf16(run_cfg, device) and use_channels_last(run_cfg, device):
+        from .config import ConfigError
+        raise ConfigError("run.precision=bf16 with run.channels_last=true is not supported on a CPU "
+                          "(the loss becomes NaN): set run.channels_last=false (or auto) to keep bf16, "
+                          "or run.precision=fp32 (or auto) to keep channels_last")
 
 
 def autocast(run_cfg, device: torch.device):

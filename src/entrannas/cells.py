@@ -75,6 +75,15 @@ class SearchCell(nn.Module):
         self.mix_norm = nn.ModuleDict({
             f"{u}_{k}": nn.BatchNorm2d(C_op, affine=False)
             for u in range(len(sources)) for k in self.pool_ops})
+        self._op_index: dict[tuple, torch.Tensor] = {}  # op lists as device index tensors
+
+    def _index(self, ks: list[int], device: torch.device) -> torch.Tensor:
+        """`ks` as an index tensor on `device`, built once per op list: a step creates nothing
+        on the host to copy to the device (a copy per unit and step otherwise)."""
+        key = (tuple(ks), str(device))
+        if key not in self._op_index:
+            self._op_index[key] = torch.tensor(ks, device=device)
+        return self._op_index[key]
 
     # -- shared plumbing -------------------------------------------------------------------
     def _unit(self, i: int, j: int) -> int:
@@ -139,7 +148,7 @@ class SearchCell(nn.Module):
                     ks = want[i] if self.feature_sharing else active[e]
                     x = self._partial(self._source(states, squeezed, i))
                     stacked = torch.stack([self._mixed_op(u, k, x) for k in ks])
-                    features[u] = (torch.tensor(ks, device=coeff.device), stacked)
+                    features[u] = (self._index(ks, coeff.device), stacked)
                 ks, stacked = features[u]
                 # One contraction over the stacked ops instead of a chain of scalar
                 # multiply-adds; ops of the unit inactive on this edge get coefficient 0.

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(s, "search")
     s.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="run one search per seed and keep the best by validation accuracy")
+    s.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="with --seeds: run N searches at once, each in its own process (CPU threads "
+                        "are split between them; on a GPU they share it)")
 
     p = sub.add_parser("plot", help="draw the normal and reduction cells of a genotype")
     p.add_argument("genotype", help="a genotype JSON file, a DARTS-style string, or a built-in name")
@@ -90,6 +93,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def cmd_search(args) -> int:
     from .config import load_config
     from .search import resume_search, run_search, run_search_seeds
+    if args.jobs is not None and not args.seeds:
+        raise _usage(f"--jobs {args.jobs} runs several --seeds at once: add --seeds S1 S2 ... "
+                     f"(a single search uses every thread on its own)")
     if args.resume:
         if args.config:
             raise _usage("--resume continues a run with its own config: drop --config "
@@ -101,7 +107,8 @@ def cmd_search(args) -> int:
         cfg = load_config(args.config, config_overrides(args), kind="search")
         preset = Path(args.config).stem
         if args.seeds:
-            result = run_search_seeds(cfg, args.seeds, args.out, quiet=args.quiet, preset=preset)
+            result = run_search_seeds(cfg, args.seeds, args.out, quiet=args.quiet, preset=preset,
+                                      jobs=1 if args.jobs is None else args.jobs)
         else:
             result = run_search(cfg, args.out, quiet=args.quiet, preset=preset)
     from .distributed import is_main

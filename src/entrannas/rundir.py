@@ -22,11 +22,25 @@ import yaml
 from .fsutil import WriteError, atomic_write_text, remove_stale_temp_files
 from .config import to_dict
 
-__all__ = ["RunFolder", "NullRunFolder", "RunError", "check_writable", "format_eta"]
+__all__ = ["RunFolder", "NullRunFolder", "RunError", "check_writable", "format_eta", "read_metrics"]
 
 
 class RunError(RuntimeError):
     """A run folder that cannot be used; one line for the user."""
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """RUN/metrics.jsonl's rows, up to a line cut by a crash (the rest is redone on resume)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
 
 
 class _LogFile(logging.FileHandler):
@@ -123,16 +137,7 @@ class RunFolder:
             self._scalars(row)
 
     def read_metrics(self) -> list[dict]:
-        path = self.file("metrics.jsonl")
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: the rest is redone on resume
-        return rows
+        return read_metrics(self.path)
 
     def keep_metrics_before(self, epoch: int) -> None:
         """On resume: drop metrics of epochs the checkpoint does not cover (they are redone)."""

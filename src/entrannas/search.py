@@ -23,7 +23,7 @@ from .config import SearchConfig, from_dict, resume_config, to_dict
 from .optim import clip_grad_norm_, optimizer_options
 from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_folder, new_run_dir,
                    open_run_folder, peak_memory_gib, progress, resolve_device, seed_everything)
-from .rundir import RunFolder, Timer, format_eta
+from .rundir import RunFolder, Timer, format_eta, read_metrics
 from .runlock import hold_run
 from .arch import Temperature
 from .supernet import CELL_TYPES, METHOD_DEFAULTS, SuperNet
@@ -147,6 +147,7 @@ class _Search(StepAccounting):
     def __init__(self, cfg: SearchConfig, state: dict | None = None, checkpoint: Path | None = None):
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)
+        accel.check(cfg.run, self.device)
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=True)
         self.net = accel.prepare(build_supernet(cfg, self.data.info).to(self.device), cfg.run, self.device)
@@ -327,36 +328,49 @@ def _drive(search: _Search, run: RunFolder) -> SearchResult:
 
 
 def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | None = None,
-                     quiet: bool = False, preset: str | None = None) -> SearchResult:
+                     quiet: bool = False, preset: str | None = None, jobs: int = 1) -> SearchResult:
     """The paper keeps the best of several searches by validation accuracy: run one search
     per seed into RUN/seed-<s>/ (resuming any that are unfinished) and copy the winner's
-    genotype to RUN/genotype.json, with the table in RUN/seeds.json."""
+    genotype to RUN/genotype.json, with the table in RUN/seeds.json.
+
+    `jobs > 1` runs that many searches at once, each in a process of its own (the experiment
+    runner's pool: CPU threads split between them, or all on the one GPU). A seed's folder
+    and results are those of `jobs=1`; a seed folder started with another config is refused."""
     import copy
 
+    from .config import ConfigError
+    from .experiments.common import Job, Workers, run_jobs
     from .genotype import Genotype
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:  # one folder per seed: a second search of it would only wait on the first's lock
+        raise ConfigError(f"--seeds lists seed {twice[0]} more than once; give each seed once")
     ddp.init_from_env()
+    if jobs > 1 and ddp.active():
+        raise ConfigError(f"--jobs {jobs} starts a process per search, which torchrun's processes "
+                          f"cannot share: under torchrun use --jobs 1")
     run_dir = new_run_dir(cfg, run_dir, preset or "search")
     with hold_run(run_dir, create=True):
         parent = open_run_folder(run_dir, cfg.run.tensorboard, quiet)
         try:
-            results = []
+            subs = []
             for s in seeds:
-                sub = parent.path / f"seed-{s}"
                 c = copy.deepcopy(cfg)
                 c.run.seed = s
-                if (sub / "checkpoint.pt").exists():
-                    results.append(resume_search(sub, quiet=quiet))
-                else:
-                    results.append(run_search(c, sub, quiet=quiet, preset=preset))
-            best = max(results, key=lambda r: r.val_acc)
-            table = [{"seed": s, "val_acc": r.val_acc, "run_dir": str(r.run_dir)} for s, r in zip(seeds, results)]
-            g = Genotype.from_dict({**best.genotype.to_dict(), "selected_from": table})
+                subs.append(Job("search", f"seed {s}", to_dict(c), parent.path / f"seed-{s}"))
+            # More processes than searches would only thin each one's threads.
+            rows = run_jobs(Workers(min(jobs, len(seeds)), quiet, parent.log.info), subs)
+            i = max(range(len(seeds)), key=lambda k: rows[k]["val_acc"])  # the first of a tie
+            table = [{"seed": s, "val_acc": r["val_acc"], "run_dir": r["run_dir"]} for s, r in zip(seeds, rows)]
+            best = Genotype.from_dict(rows[i]["genotype"])
+            g = Genotype.from_dict({**best.to_dict(), "selected_from": table})
             with ddp.together():
-                parent.write_json("seeds.json", {"best_seed": seeds[results.index(best)], "runs": table})
+                parent.write_json("seeds.json", {"best_seed": seeds[i], "runs": table})
                 if ddp.is_main():
                     g.save(parent.file("genotype.json"))
-            parent.log.info(f"best of {len(seeds)} seeds: seed {seeds[results.index(best)]} "
-                            f"val acc {best.val_acc:.2f}% -> {parent.file('genotype.json')}")
+            parent.log.info(f"best of {len(seeds)} seeds: seed {seeds[i]} "
+                            f"val acc {rows[i]['val_acc']:.2f}% -> {parent.file('genotype.json')}")
         finally:
             parent.close()
-    return SearchResult(parent.path, best.genotype, best.metrics)
+    return SearchResult(parent.path, best, read_metrics(subs[i].run_dir))

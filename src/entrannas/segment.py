@@ -215,6 +215,7 @@ def _build(cfg: SegmentConfig, genotype: Genotype):
     """Data, then the network (seeded), on the config's device: everything that can fail on
     bad input, before any file is written."""
     device = resolve_device(cfg.run.device)
+    accel.check(cfg.run, device)
     data = load_segmentation_data(cfg, device)
     seed_everything(cfg.run.seed)
     net = build_segnet(cfg, genotype, data.info.num_classes, data.info.channels).to(device)

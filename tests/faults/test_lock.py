@@ -133,3 +133,42 @@ def test_two_experiments_on_one_out_cannot_both_run(tmp_path, capsys):
     assert p.returncode == 0, p.stderr
     assert not list(out.rglob(LOCK_NAME)) and not temp_files(out)
     assert (out / "cells.gif").exists()
+
+
+def _state(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_parallel_seeds_hold_the_parent_and_each_seed_folder(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    args = [*SEARCH, "--seeds", 0, 1, "--jobs", 2, "--out", out]
+    # Each worker stops itself at its first step, holding its seed folder; the parent waits.
+    p = subprocess.Popen([sys.executable, str(INJECT), *map(str, args)], env=child_env({"stop_at": "step:0:1"}),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = []
+    try:
+        deadline = time.time() + 300
+        while len(stopped) < 2 and time.time() < deadline:
+            assert p.poll() is None, p.communicate()
+            kids = [int(c) for t in Path(f"/proc/{p.pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+            stopped = [c for c in kids if _state(c) == "T"]
+            time.sleep(0.2)
+        assert len(stopped) == 2
+        before = snapshot(out)
+        for s in (0, 1):
+            holder = json.loads((out / f"seed-{s}" / LOCK_NAME).read_text())["pid"]
+            assert holder in stopped  # a worker, not the parent, writes the seed's folder
+            _refused(capsys, ["search", "-q", "--resume", out / f"seed-{s}"], holder)
+        _refused(capsys, args, p.pid)  # the same command again: the parent holds RUN
+        assert snapshot(out) == before
+    finally:
+        for w in stopped:
+            os.kill(w, signal.SIGCONT)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert json.loads((out / "seeds.json").read_text())["best_seed"] in (0, 1)
+    assert not list(out.rglob(LOCK_NAME)) and not temp_files(out)

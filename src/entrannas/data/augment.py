@@ -111,8 +111,27 @@ def normalize(x: torch.Tensor, mean: Sequence[float] | None = None,
     """float32 ``(x/255 - mean) / std`` for uint8 input, ``(x - mean) / std`` for float input
     (taken to be in [0, 1]); ``mean``/``std`` are per channel. Never modifies ``x``."""
     scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
-    mul, sub = _affine(mean, std, x.shape[1], x.device, scale)
-    return _scale_shift(x, mul, sub)
+    try:  # the constants of a (mean, std) once per device, not two host-to-device copies a batch
+        key = (_hashable(mean), _hashable(std), x.shape[1], str(x.device), scale)
+    except TypeError:  # statistics given as tensors: no key, build them
+        key = None
+    pair = _AFFINE.get(key) if key is not None else None
+    if pair is None:
+        pair = _affine(mean, std, x.shape[1], x.device, scale)
+        if key is not None and len(_AFFINE) < 64:  # a handful of data sets per process
+            _AFFINE[key] = pair
+    return _scale_shift(x, *pair)
+
+
+_AFFINE: dict = {}
+
+
+def _hashable(v):
+    if v is None or isinstance(v, (int, float)):
+        return v
+    if isinstance(v, torch.Tensor):
+        raise TypeError("a tensor")
+    return tuple(float(a) for a in v)
 
 
 def _scale_shift(x: torch.Tensor, mul: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,9 @@ An experiment is a set of sub-runs (searches, trainings) under OUT/runs/<name>/ 
 (OUT/table.md, OUT/results.json, OUT/*.png). Sub-runs are ordinary run folders: running the
 experiment again skips the finished ones and resumes an interrupted one from its checkpoint,
 so a crash or Ctrl-C never costs finished work. `jobs > 1` runs independent sub-runs in
-separate processes (each with its share of the CPU threads, or on the same GPU).
+separate processes (each with its share of the CPU threads, or on the same GPU). `run_jobs`
+also runs `entrannas search --seeds ... --jobs N` (search.run_search_seeds), with `Workers`
+in place of an experiment's Context.
 """
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ from dataclasses import dataclass, field
 from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from ..config import ConfigError, from_dict, load_config, to_dict
 from ..fsutil import atomic_write_text
 from ..rundir import RunError, format_eta
-from ..runlock import LOCK_NAME, run_lock
+from ..runlock import LOCK_NAME, hold_run
 
 SCALES = ("cpu", "paper")
 
@@ -100,17 +102,27 @@ class Context:
             print(f"[{self.name}] {msg}", flush=True)
 
 
+@dataclass
+class Workers:
+    """What run_jobs needs of its caller, for callers that are not an experiment: how many
+    processes, whether sub-runs log to the console, and where progress lines go."""
+    jobs: int = 1
+    quiet: bool = False
+    log: Callable[[str], None] = print
+
+
 def _threads_per_job(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(jobs, 1))
 
 
 def _run_job(job: Job, threads: int | None, quiet: bool) -> dict:
     """Run or resume one sub-run and return what the tables need. Top-level so that worker
-    processes can import it. The sub-run's folder is held (runlock) from the first look."""
+    processes can import it. The sub-run's folder is held (runlock) from the first look; under
+    torchrun (search --seeds, one job at a time) by rank 0, as every run is."""
     run_dir = Path(job.run_dir)
     _BUSY.set()
     try:
-        with run_lock(run_dir) if run_dir.is_dir() else contextlib.nullcontext():
+        with hold_run(run_dir):  # an existing folder only: a new one is made and held by the run
             return _run_held_job(job, run_dir, threads, quiet)
     finally:
         _BUSY.clear()
@@ -123,10 +135,13 @@ def _run_held_job(job: Job, run_dir: Path, threads: int | None, quiet: bool) -> 
     t0 = time.time()
     fresh = not (run_dir / "checkpoint.pt").exists()
     if fresh and run_dir.exists():
-        # A folder without a checkpoint holds less than one epoch: nothing finished is lost.
-        for p in run_dir.iterdir():
-            if p.name != LOCK_NAME:
-                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        from .. import distributed as ddp
+        with ddp.together():  # rank 0 clears the (shared) folder; every rank learns how it went
+            if ddp.is_main():
+                # A folder without a checkpoint holds less than one epoch: nothing finished is lost.
+                for p in run_dir.iterdir():
+                    if p.name != LOCK_NAME:
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if not fresh:
         _check_same_config(job, run_dir)
     if job.kind == "search":
@@ -221,7 +236,7 @@ def _forward_stop_to(pool: ProcessPoolExecutor):
             signal.signal(sig, handler)
 
 
-def run_jobs(ctx: Context, jobs: list[Job]) -> list[dict]:
+def run_jobs(ctx: Context | Workers, jobs: list[Job]) -> list[dict]:
     """Run the sub-runs (in parallel processes when ctx.jobs > 1); results in job order."""
     if not jobs:
         return []
