@@ -4,7 +4,7 @@ torch.compile of the target network.
 Every switch is `auto` by default, which means on for a CUDA device and off on a CPU: the CPU
 path (and its bit-exact results and resumes) is the plain float32 one. `run.precision=bf16`
 or `run.channels_last=true` force a switch on any device, except the two together on a CPU
-(`check`): that pair gave NaN losses there (issue 11), and a CPU gains nothing from either.
+(`check`): that pair gave NaN losses there, and a CPU gains nothing from either.
 """
 from __future__ import annotations
 
