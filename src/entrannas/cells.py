@@ -35,26 +35,35 @@ class ConvBN1x1(nn.Sequential):
         super().__init__(nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=False))
 
 
+def init_search_cell(cell: nn.Module, op_names, C_prev_prev: int, C_prev: int, C: int,
+                     reduction: bool, reduction_prev: bool, feature_sharing: bool,
+                     bottleneck: int, partial_channels: int) -> None:
+    """What every search cell (SearchCell, opbank.BankedCell) holds: its switches, checked,
+    and the two preprocessing layers of its inputs."""
+    if C % bottleneck:
+            raise ValueError(f"bottleneck ratio {bottleneck} must divide the cell width {C}")
+    if partial_channels < 1 or (C // bottleneck) % partial_channels:
+        raise ValueError(f"partial_channels {partial_channels} must divide the ops' width "
+                         f"{C // bottleneck} (raise C or lower partial_channels)")
+    cell.op_names = tuple(op_names)
+    cell.reduction = reduction
+    cell.feature_sharing = feature_sharing
+    cell.bottleneck = bottleneck
+    cell.partial_channels = partial_channels
+    cell.multiplier = NUM_NODES
+    # Search cells use affine-free BatchNorm, as DARTS does.
+    cell.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
+                        else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
+    cell.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+
+
 class SearchCell(nn.Module):
     def __init__(self, op_names: tuple[str, ...], C_prev_prev: int, C_prev: int, C: int,
                  reduction: bool, reduction_prev: bool, feature_sharing: bool = False,
                  bottleneck: int = 1, partial_channels: int = 1):
         super().__init__()
-        if C % bottleneck:
-            raise ValueError(f"bottleneck ratio {bottleneck} must divide the cell width {C}")
-        if partial_channels < 1 or (C // bottleneck) % partial_channels:
-            raise ValueError(f"partial_channels {partial_channels} must divide the ops' width "
-                             f"{C // bottleneck} (raise C or lower partial_channels)")
-        self.op_names = tuple(op_names)
-        self.reduction = reduction
-        self.feature_sharing = feature_sharing
-        self.bottleneck = bottleneck
-        self.partial_channels = partial_channels
-        self.multiplier = NUM_NODES
-        # Search cells use affine-free BatchNorm, as DARTS does.
-        self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
-                            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        init_search_cell(self, op_names, C_prev_prev, C_prev, C, reduction, reduction_prev,
+                         feature_sharing, bottleneck, partial_channels)
         C_op = C // bottleneck
         if bottleneck > 1:
             self.squeeze = nn.ModuleList(ConvBN1x1(C, C_op) for _ in range(1 + NUM_NODES))

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from . import distributed as ddp
 from .arch import EDGES, NUM_NODES, Selection, edge_index
 from .layers import channel_shuffle
-from .ops import FactorizedReduce, ReLUConvBN
+from .cells import init_search_cell
+from .ops import FactorizedReduce
 
 __all__ = ["BankedCell", "bank_rows", "plan_cache_info", "clear_plan_cache"]
 
@@ -461,20 +462,8 @@ class BankedCell(nn.Module):
                  reduction: bool, reduction_prev: bool, feature_sharing: bool = False,
                  bottleneck: int = 1, partial_channels: int = 1):
         super().__init__()
-        if C % bottleneck:
-            raise ValueError(f"bottleneck ratio {bottleneck} must divide the cell width {C}")
-        if partial_channels < 1 or (C // bottleneck) % partial_channels:
-            raise ValueError(f"partial_channels {partial_channels} must divide the ops' width "
-                             f"{C // bottleneck} (raise C or lower partial_channels)")
-        self.op_names = tuple(op_names)
-        self.reduction = reduction
-        self.feature_sharing = feature_sharing
-        self.bottleneck = bottleneck
-        self.partial_channels = partial_channels
-        self.multiplier = NUM_NODES
-        self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
-                            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
-        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        init_search_cell(self, op_names, C_prev_prev, C_prev, C, reduction, reduction_prev,
+                         feature_sharing, bottleneck, partial_channels)
         # C_node: a node's width before the bottleneck's expansion; C_op: the ops' width (all of
         # it, or the first 1/k with partial channels).
         self.C, self.C_node = C, C // bottleneck
