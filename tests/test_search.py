@@ -48,7 +48,8 @@ def test_run_folder_has_every_file(reference):
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "tau", "thresholds", "cells", "genotype", "lr"):
         assert key in rows[0], key
-    assert rows[1]["tau"] == pytest.approx(rows[0]["tau"] * 0.7)  # fmnist-quick anneals x0.7
+    # fmnist-quick anneals to its tau_final at the last of TINY's 3 epochs.
+    assert [r["tau"] for r in rows] == pytest.approx([5.0, 5.0 * (0.09 / 5.0) ** 0.5, 0.09])
     assert rows[-1]["lr"] < rows[0]["lr"]
     # The final genotype is the one derived at the end, and each epoch's is kept.
     final = json.loads((reference / "genotype.json").read_text())
@@ -221,3 +222,31 @@ def test_metrics_count_the_steps_whose_derived_cell_changed(reference):
     assert all(0 <= r["selection_changes"] <= steps for r in rows)
     assert any(r["selection_changes"] > 0 for r in rows)  # arch lr 0.05 moves alpha at once
     assert "derived cell changed at" in (reference / "log.txt").read_text()
+
+
+def test_each_validation_uses_statistics_measured_on_the_derived_cell(reference):
+    """The search recalibrates BatchNorm before it validates (bnstats.py): recalibrating the
+    saved super-net again on the same batches leaves every statistic as it is, whereas the
+    statistics training alone leaves differ."""
+    import yaml
+
+    from entrannas.bnstats import batchnorm_statistics, recalibrate_batchnorm
+    from entrannas.config import from_dict
+    from entrannas.loop import build_loaders
+    from entrannas.search import build_supernet
+
+    cfg = from_dict(yaml.safe_load((reference / "config.yaml").read_text()), "search")
+    assert cfg.optim.bn_recalibration == 8
+    state = load_checkpoint(reference / "checkpoint.pt")
+    data = build_loaders(cfg, torch.device("cpu"), search=True)
+    net = build_supernet(cfg, data.info)
+    net.load_state_dict(state["net"])
+    net.set_epoch(state["epoch"] - 1)
+    saved = [b.clone() for _, b in batchnorm_statistics(net)]
+    recalibrate_batchnorm(net, data.train, cfg.optim.bn_recalibration, state["epoch"] - 1)
+    for a, (_, b) in zip(saved, batchnorm_statistics(net)):
+        torch.testing.assert_close(a, b)
+    net.train()
+    with torch.no_grad():
+        net(next(iter(data.train))[0])  # one ordinary training forward (momentum 0.1)
+    assert any(not torch.allclose(a, b) for a, (_, b) in zip(saved, batchnorm_statistics(net)))

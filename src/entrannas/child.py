@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .bnstats import recalibrate_batchnorm
 from .checkpoint import load_run_checkpoint, mismatch
 from .config import _merge, from_dict
 from .fsutil import atomic_write_text
@@ -71,13 +72,24 @@ def _child_accuracy(run_dir: Path, limit, device, macs: bool, write: bool, data_
     epoch = state["epoch"] - 1 if state["step"] == 0 and state["epoch"] > 0 else state["epoch"]
     net.set_epoch(epoch)
     genotype = net.genotype()
-    super_loss, super_acc = evaluate(net, data.val)
-    child_loss, child_acc = evaluate(net, data.val, child=True)
+    # As the search validates: each net's BatchNorm statistics measured on it (bnstats.py),
+    # the child-net's after the super-net's. Before that, the statistics the run left.
+    n = cfg.optim.bn_recalibration
+    super_loss, super_acc = evaluate(net, data.val)  # the statistics of the checkpoint
+    child_loss0, child_acc0 = evaluate(net, data.val, child=True)
+    child_loss, child_acc = child_loss0, child_acc0
+    if n:
+        recalibrate_batchnorm(net, data.train, n, epoch)
+        super_loss, super_acc = evaluate(net, data.val)
+        recalibrate_batchnorm(net, data.train, n, epoch, child=True)
+        child_loss, child_acc = evaluate(net, data.val, child=True)
     result = {"run_dir": str(run_dir), "method": cfg.model.method,
               "engine_cells": list(net.engine_cells), "epoch": epoch, "step": state["step"],
               "tau": net.tau, "images": len(data.val.indices),
               "supernet_acc": super_acc, "supernet_loss": super_loss,
               "child_acc": child_acc, "child_loss": child_loss, "gap": super_acc - child_acc,
+              "bn_recalibration": n, "child_acc_inherited_bn": child_acc0,
+              "child_loss_inherited_bn": child_loss0,
               "genotype": genotype.to_dict()}
     if macs:
         net.eval()

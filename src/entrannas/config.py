@@ -101,6 +101,11 @@ class SearchOptimConfig:
     # leaving at least one architecture epoch.
     warmup_epochs: int = 0
     warmup_fraction: float | None = None
+    # Training batches run forward before each validation to measure the BatchNorm running
+    # statistics on the current architecture (bnstats.py; 0: validate with the statistics
+    # training left, which a Transit-cell updates only on the steps that select an op). Every
+    # search preset sets 8; the default 0 is what a run folder from before this key did.
+    bn_recalibration: int = 0
 
 
 @dataclass
@@ -236,6 +241,7 @@ _CHECKS: dict[str, tuple] = {
     "model.tau_final": (lambda v: v is None or v > 0, "null or a positive number"),
     "model.partial_channels": (lambda v: v is None or v >= 1, "null or at least 1"),
     "optim.warmup_fraction": (lambda v: v is None or 0 <= v < 1, "null or a fraction in [0, 1)"),
+    "optim.bn_recalibration": (lambda v: v >= 0, "a number of batches, 0 or more"),
     "model.dst_lambda": _NONNEG, "model.aux_weight": _NONNEG,
     "model.drop_path": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.epochs": _POSITIVE, "optim.batch_size": _POSITIVE, "optim.lr": _POSITIVE,

@@ -139,6 +139,9 @@ def _init_uniform(t: torch.Tensor, fan_in: int) -> torch.Tensor:
 class _Segmented(nn.Module):
     """Weights and BatchNorm statistics stacked per segment (ready point)."""
 
+    # nn.BatchNorm2d's default; bnstats.recalibrate_batchnorm sets it to 1 while it measures.
+    bn_momentum = 0.1
+
     def __init__(self, sizes: list[int], C: int):
         super().__init__()
         self.sizes, self.C = list(sizes), C
@@ -168,7 +171,7 @@ class _Segmented(nn.Module):
     def _bn(self, name: str, x: torch.Tensor, rows: Rows) -> torch.Tensor:
         s = rows.segment
         return bank_batch_norm(x, getattr(self, f"{name}_mean{s}"), getattr(self, f"{name}_var{s}"),
-                               rows, self.C, self.training)
+                               rows, self.C, self.training, self.bn_momentum)
 
 
 

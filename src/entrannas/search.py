@@ -26,6 +26,7 @@ from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_f
 from .rundir import RunFolder, Timer, format_eta, read_metrics
 from .runlock import hold_run
 from .arch import Temperature
+from .bnstats import recalibrate_batchnorm
 from .supernet import CELL_TYPES, METHOD_DEFAULTS, SuperNet
 
 __all__ = ["search_step", "run_search", "resume_search", "run_search_seeds", "SearchResult",
@@ -248,6 +249,9 @@ class _Search(StepAccounting):
         net, run = self.net, self.run
         self.ensure_finite()  # before any of the epoch's files is written
         with accel.autocast(self.cfg.run, self.device):
+            # Statistics of the architecture being validated (bnstats.py): a Transit-cell's
+            # are otherwise those of whichever steps last selected each op.
+            recalibrate_batchnorm(net, self.data.train, self.cfg.optim.bn_recalibration, e)
             val_loss, val_acc = evaluate(net, self.data.val, reduce=ddp.active())
         genotype = net.genotype()
         loss_sum, correct, count = self.partial

@@ -155,7 +155,8 @@ def _run_held_job(job: Job, run_dir: Path, threads: int | None, quiet: bool) -> 
         if job.child:
             from ..child import child_accuracy
             c = child_accuracy(run_dir)
-            out.update(supernet_acc=c["supernet_acc"], child_acc=c["child_acc"], gap=c["gap"])
+            out.update(supernet_acc=c["supernet_acc"], child_acc=c["child_acc"], gap=c["gap"],
+                       child_acc_inherited_bn=c["child_acc_inherited_bn"])
     elif job.kind == "segment":
         from ..genotype import Genotype
         from ..segment import resume_segmentation, run_segmentation

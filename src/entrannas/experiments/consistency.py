@@ -29,6 +29,7 @@ def run(ctx: Context) -> dict:
     _plot(ctx, rows)
     table = markdown_table([("engine_cells", "Engine-cells"), ("supernet_acc", "super-net acc %"),
                             ("child_acc", "child-net acc %"), ("drop", "drop (pp)"),
+                            ("child_acc_inherited_bn", "child-net acc, inherited BN %"),
                             ("tau_final_epoch", "tau (final epoch)", 4),
                             ("paper_supernet", "paper super-net %"), ("paper_child", "paper child-net %"),
                             ("paper_drop", "paper drop (pp, CIFAR-10)")], rows)
