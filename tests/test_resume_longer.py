@@ -14,7 +14,7 @@ from entrannas.search import cosine_lr
 
 SEARCH = ["data.dataset=synthetic", "data.synthetic_shape=[1, 8, 8]", "data.synthetic_size=128",
           "model.C=4", "model.layers=3", "optim.batch_size=32", "optim.epochs=2", "run.tensorboard=false",
-          "run.plots=false"]
+          "run.plots=false", "model.tau_final=null", "model.tau_decay=0.7"]
 TRAIN = ["data.limit=64", "data.eval_limit=64", "model.C=4", "model.layers=3", "optim.batch_size=32",
          "optim.epochs=1", "model.drop_path=0.2", "run.tensorboard=false", "run.plots=false"]
 

@@ -41,8 +41,8 @@ def test_tau_final_uses_the_methods_tau0_and_keeps_tau0_for_one_epoch():
 
 def test_both_annealing_keys_are_refused_with_one_line(capsys):
     with pytest.raises(ConfigError, match="tau_decay=null"):
-        load_config("fmnist-quick", ["model.tau_final=0.1"])  # the preset sets tau_decay
-    fails_with_one_line(capsys, ["search", "-c", "fmnist-quick", "--set", "model.tau_final=0.1"],
+        load_config("fmnist-quick", ["model.tau_decay=0.7"])  # the preset sets tau_final
+    fails_with_one_line(capsys, ["search", "-c", "fmnist-quick", "--set", "model.tau_decay=0.7"],
                         "model.tau_final", "model.tau_decay")
     fails_with_one_line(capsys, ["search", "-c", "fmnist-quick", "--set", "optim.warmup_epochs=2",
                                  "--set", "optim.warmup_fraction=0.3"],
@@ -67,7 +67,8 @@ def test_compressed_schedule_runs_as_its_resolved_schedule(tmp_path):
             "optim.batch_size=32", "optim.epochs=3", "run.tensorboard=false", "run.plots=false",
             "model.tau0=5"]
     a = _cfg(*tiny, "model.tau_final=0.5", "optim.warmup_fraction=0.34")
-    b = _cfg(*tiny, f"model.tau_decay={(0.5 / 5.0) ** 0.5!r}", "optim.warmup_epochs=1")
+    b = _cfg(*tiny, "model.tau_final=null", f"model.tau_decay={(0.5 / 5.0) ** 0.5!r}",
+             "optim.warmup_epochs=1")
     rows = {}
     for name, cfg in (("a", a), ("b", b)):
         run_search(cfg, tmp_path / name, quiet=True)
