@@ -21,13 +21,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+# The fmnist-quick of 2026-12-01 (8 cells, bottleneck 4, arch lr 6e-3), which these probes sized.
 COMMON = ["data.limit=2000", "data.eval_limit=1000", "optim.epochs=4", "optim.batch_size=64",
+          "model.layers=8", "model.bottleneck=4", "optim.arch_lr=0.006",
           "model.tau_decay=null", "model.tau_final=0.09",
           "run.tensorboard=false", "run.plots=false", "run.log_every=50"]
 DARTS = ["model.method=darts", "model.engine_cells=all", "model.feature_sharing=false", "model.bottleneck=1",
          "model.tau0=1.0", "model.tau_final=null", "model.tau_decay=1.0"]
 PROBES = {
-    "entrannas": [],                                    # fmnist-quick: C=8, bottleneck 4 (2 channels an op)
+    "entrannas": [],                                    # C=8, bottleneck 4 (2 channels an op)
     "entrannas-bottleneck-1": ["model.bottleneck=1"],   # 8 channels an op
     "entrannas-C16": ["model.C=16"],                    # 4 channels an op, as the paper's C=16
     "entrannas-all-engine": ["model.engine_cells=all"],  # no Transit-cell
