@@ -71,6 +71,15 @@ def test_kendall_matches_scipy_on_its_pairs_and_reuses_finished_runs(tmp_path):
     assert again["pairs"] == [{**p} for p in res["pairs"]]
     lines = (out / "runs/pcdarts-s0/metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(search)
+    # A results folder as committed (no checkpoints, as in a fresh clone) is reused too, every
+    # file left as it was.
+    for ckpt in out.glob("runs/*/checkpoint.pt"):
+        ckpt.unlink()
+    before = {f: f.read_bytes() for f in out.glob("runs/*/*") if f.is_file() and f.name != ".lock"}
+    third = run_experiment("kendall", "cpu", out, overrides=TINY, quiet=True, seeds=3,
+                           methods=["pcdarts", "entrannas"])
+    assert third["pairs"] == res["pairs"] and third["noise"]["spread"] == pytest.approx(noise["spread"], nan_ok=True)
+    assert {f: f.read_bytes() for f in before} == before
 
 
 def test_consistency_runs_each_engine_setting_and_reports_its_child_net(tmp_path):
@@ -89,6 +98,12 @@ def test_consistency_runs_each_engine_setting_and_reports_its_child_net(tmp_path
     # 3 cells: all = 0,1,2; first = the first normal and the first reduction cell.
     assert child["all"]["engine_cells"] == [0, 1, 2] and len(child["first"]["engine_cells"]) < 3
     assert (out / "consistency.png").exists() and (out / "results.json").exists()
+    for ckpt in out.glob("runs/*/checkpoint.pt"):  # committed results hold no checkpoints
+        ckpt.unlink()
+    again = run_experiment("consistency", "cpu", out, overrides=TINY, quiet=True)
+    assert [(r["supernet_acc"], r["child_acc"], r["child_acc_inherited_bn"]) for r in again["rows"]] == \
+        [(r["supernet_acc"], r["child_acc"], r["child_acc_inherited_bn"]) for r in res["rows"]]
+    assert not list(out.glob("runs/*/checkpoint.pt"))  # nothing was run again
 
 
 def test_flexibility_and_animation_show_every_epoch_of_a_dst_search(tmp_path):

@@ -134,6 +134,11 @@ def _run_held_job(job: Job, run_dir: Path, threads: int | None, quiet: bool) -> 
         torch.set_num_threads(threads)
     t0 = time.time()
     fresh = not (run_dir / "checkpoint.pt").exists()
+    kept = _finished_without_checkpoint(job, run_dir) if fresh and run_dir.exists() else None
+    if kept is not None:  # committed results (checkpoints are not committed): reuse, never redo
+        kept.update(label=job.label, run_dir=str(run_dir), resumed=True,
+                    seconds_this_call=time.time() - t0, **job.extra)
+        return kept
     if fresh and run_dir.exists():
         from .. import distributed as ddp
         with ddp.together():  # rank 0 clears the (shared) folder; every rank learns how it went
@@ -175,6 +180,44 @@ def _run_held_job(job: Job, run_dir: Path, threads: int | None, quiet: bool) -> 
     out.update(label=job.label, run_dir=str(run_dir), resumed=not fresh,
                seconds_this_call=time.time() - t0, **job.extra)
     return out
+
+
+def _finished_without_checkpoint(job: Job, run_dir: Path) -> dict | None:
+    """What a finished sub-run measured, read from its files, when its checkpoint is gone (a
+    results folder in git keeps everything but checkpoints). None if the folder does not hold
+    a finished run of this job; one of another config is refused, never cleared."""
+    if not (run_dir / "config.yaml").exists():
+        return None
+    if job.kind == "search":
+        rows = _read_rows(run_dir / "metrics.jsonl")
+        epochs = job.config["optim"]["epochs"]
+        if len(rows) < epochs or not (run_dir / "genotype.json").exists() or \
+                (job.child and not (run_dir / "child.json").exists()):
+            return None
+        _check_same_config(job, run_dir)
+        out = {"val_acc": rows[-1]["val_acc"],
+               "genotype": json.loads((run_dir / "genotype.json").read_text("utf-8")),
+               "search_wall_time": rows[-1].get("wall_time", 0.0),
+               "epochs": [{k: m[k] for k in ("epoch", "val_acc", "tau", "cells") if k in m} for m in rows]}
+        if job.child:
+            c = json.loads((run_dir / "child.json").read_text("utf-8"))
+            out.update(supernet_acc=c["supernet_acc"], child_acc=c["child_acc"], gap=c["gap"],
+                       child_acc_inherited_bn=c.get("child_acc_inherited_bn", float("nan")))
+        return out
+    if not (run_dir / "summary.json").exists():  # train and segment write it when they finish
+        return None
+    _check_same_config(job, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text("utf-8"))
+    keys = (("miou", "best_miou", "pixel_acc", "mean_acc", "iou", "params_M", "macs_M", "wall_time")
+            if job.kind == "segment" else ("test_acc", "best_test_acc", "params_M", "macs_M", "wall_time"))
+    return {k: summary[k] for k in keys}
+
+
+def _read_rows(path: Path) -> list[dict]:
+    try:
+        return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
 
 
 def _check_same_config(job: Job, run_dir: Path) -> None:
