@@ -187,9 +187,11 @@ def test_sigterm_stops_parallel_sub_runs_with_a_checkpoint_and_no_orphans(tmp_pa
     while not list(out.glob("runs/*/checkpoint.pt")) and time.time() < deadline:
         time.sleep(0.5)
     workers = [c for c in _children(proc.pid) if _alive(c)]
+    started = set(out.glob("runs/*"))
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err.decode()
+    assert set(out.glob("runs/*")) == started  # no queued sub-run starts after the stop
     assert "--resume" in err.decode() or "stopped" in err.decode()
     deadline = time.time() + 60
     while any(_alive(w) for w in workers) and time.time() < deadline:

@@ -43,6 +43,9 @@ class StopFlag:
     """First Ctrl-C (or SIGTERM): finish the current step, checkpoint, stop. Second: abort."""
 
     notice = True  # False where another process tells the user (an experiment's workers)
+    # Set by the first signal for the whole process: an experiment's worker that was told to
+    # stop must not start the sub-runs already queued to it (experiments/common.py).
+    signalled = False
 
     def __init__(self):
         self.requested = False
@@ -52,6 +55,7 @@ class StopFlag:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
+        StopFlag.signalled = True
         if self.notice and ddp.is_main():  # under torchrun every rank gets it: one notice is enough
             print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)",
                   file=sys.stderr, flush=True)

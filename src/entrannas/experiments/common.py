@@ -120,6 +120,9 @@ def _run_job(job: Job, threads: int | None, quiet: bool) -> dict:
     processes can import it. The sub-run's folder is held (runlock) from the first look; under
     torchrun (search --seeds, one job at a time) by rank 0, as every run is."""
     run_dir = Path(job.run_dir)
+    from ..loop import Interrupted, StopFlag
+    if _WORKER and StopFlag.signalled:  # queued to this worker before the stop: for the next call
+        raise Interrupted(run_dir)
     _BUSY.set()
     try:
         with hold_run(run_dir):  # an existing folder only: a new one is made and held by the run
@@ -238,13 +241,16 @@ def _check_same_config(job: Job, run_dir: Path) -> None:
 
 
 _BUSY = threading.Event()  # set while this (worker) process runs a sub-run
+_WORKER = False  # True in run_jobs' worker processes
 
 
 def _stop_with_parent(parent: int) -> None:
     """Worker start-up: when the experiment's process dies (even by SIGKILL) the worker stops
     too, so no orphan runs a sub-run on, or holds its lock, unseen. SIGTERM first: a sub-run's
     loop then checkpoints and stops, as on Ctrl-C; an idle worker just ends."""
+    global _WORKER
     from ..loop import StopFlag
+    _WORKER = True
     StopFlag.notice = False  # the experiment's process says it once for all its workers
 
     def watch():
