@@ -75,12 +75,11 @@ def _child_accuracy(run_dir: Path, limit, device, macs: bool, write: bool, data_
     # As the search validates: each net's BatchNorm statistics measured on it (bnstats.py),
     # the child-net's after the super-net's. Before that, the statistics the run left.
     n = cfg.optim.bn_recalibration
-    super_loss, super_acc = evaluate(net, data.val)  # the statistics of the checkpoint
-    child_loss0, child_acc0 = evaluate(net, data.val, child=True)
+    child_loss0, child_acc0 = evaluate(net, data.val, child=True)  # the checkpoint's statistics
+    recalibrate_batchnorm(net, data.train, n, epoch)  # 0 batches: leaves them as they are
+    super_loss, super_acc = evaluate(net, data.val)
     child_loss, child_acc = child_loss0, child_acc0
     if n:
-        recalibrate_batchnorm(net, data.train, n, epoch)
-        super_loss, super_acc = evaluate(net, data.val)
         recalibrate_batchnorm(net, data.train, n, epoch, child=True)
         child_loss, child_acc = evaluate(net, data.val, child=True)
     result = {"run_dir": str(run_dir), "method": cfg.model.method,

@@ -32,7 +32,7 @@ import yaml
 
 from ..config import ConfigError, from_dict, load_config, to_dict
 from ..fsutil import atomic_write_text
-from ..rundir import RunError, format_eta
+from ..rundir import RunError, format_eta, read_metrics
 from ..runlock import LOCK_NAME, hold_run
 
 SCALES = ("cpu", "paper")
@@ -192,7 +192,7 @@ def _finished_without_checkpoint(job: Job, run_dir: Path) -> dict | None:
     if not (run_dir / "config.yaml").exists():
         return None
     if job.kind == "search":
-        rows = _read_rows(run_dir / "metrics.jsonl")
+        rows = read_metrics(run_dir)
         epochs = job.config["optim"]["epochs"]
         if len(rows) < epochs or not (run_dir / "genotype.json").exists() or \
                 (job.child and not (run_dir / "child.json").exists()):
@@ -214,13 +214,6 @@ def _finished_without_checkpoint(job: Job, run_dir: Path) -> dict | None:
     keys = (("miou", "best_miou", "pixel_acc", "mean_acc", "iou", "params_M", "macs_M", "wall_time")
             if job.kind == "segment" else ("test_acc", "best_test_acc", "params_M", "macs_M", "wall_time"))
     return {k: summary[k] for k in keys}
-
-
-def _read_rows(path: Path) -> list[dict]:
-    try:
-        return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return []
 
 
 def _check_same_config(job: Job, run_dir: Path) -> None:
