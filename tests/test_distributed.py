@@ -120,3 +120,22 @@ def test_sync_batchnorm_is_batchnorm_in_one_process():
     x = torch.randn(5, 3, 8, 8)
     torch.testing.assert_close(net(x), ref(x))
     torch.testing.assert_close(net.state_dict()["1.running_var"], ref.state_dict()["1.running_var"])
+
+
+def test_the_cli_leaves_the_process_group_on_every_way_out(tmp_path):
+    """A gloo group left to the interpreter's teardown can abort the process (exit -6 instead of
+    the CLI's code), so every command leaves it, after success and after an error."""
+    script = (
+        "import sys, torch.distributed as dist\n"
+        "from entrannas.cli import main\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "rc = main(['presets'])\n"
+        "assert rc == 0 and not dist.is_initialized(), rc\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store2'}', rank=0, world_size=1)\n"
+        f"rc = main(['plot', '{tmp_path / 'missing.json'}', '-o', '{tmp_path / 'x.png'}'])\n"
+        "assert rc == 2 and not dist.is_initialized(), rc\n"
+        "print('ok')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "ok", proc.stderr[-2000:]

@@ -173,6 +173,10 @@ def main(argv=None) -> int:
     except (_UsageError, *_user_errors()) as e:
         print(f"entrannas {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        if "torch.distributed" in sys.modules:  # under torchrun: leave the process group before
+            from .distributed import shutdown   # the interpreter's teardown, or gloo may abort it
+            shutdown()
 
 
 def _one_line(err: BaseException) -> str:

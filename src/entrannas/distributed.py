@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ["PeerError", "together", "init_from_env", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
+__all__ = ["PeerError", "together", "init_from_env", "shutdown", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
            "allreduce_sum", "broadcast_params", "broadcast_object", "assert_same_on_all_ranks",
            "SyncBatchNorm2d", "sync_batch_norm", "convert_sync_batchnorm", "per_rank_batch"]
 
@@ -53,6 +53,16 @@ def init_from_env() -> bool:
         torch.cuda.set_device(local_rank())  # torch.device("cuda") now means this rank's GPU
     dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=_timeout())
     return True
+
+
+def shutdown() -> None:
+    """Leave the process group, if this process joined one. Must run before the interpreter
+    exits: a gloo group left to the interpreter's finalisation can abort the process (SIGABRT,
+    "terminate called without an active exception") from its worker threads, turning a clean
+    exit code into -6. Local only (no collective), so it is safe after a peer has died."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def _timeout() -> datetime.timedelta:
