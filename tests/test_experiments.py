@@ -12,6 +12,7 @@ from scipy.stats import kendalltau
 
 from entrannas.animate import connection_series, epoch_genotypes
 from entrannas.experiments import run_experiment
+from entrannas.experiments.common import remaining_seconds
 from entrannas.experiments.efficiency import largest_batch, measure
 from entrannas.genotype import Genotype
 from entrannas.measure import cell_stats
@@ -82,7 +83,7 @@ def test_kendall_matches_scipy_on_its_pairs_and_reuses_finished_runs(tmp_path):
     assert {f: f.read_bytes() for f in before} == before
 
 
-def test_consistency_runs_each_engine_setting_and_reports_its_child_net(tmp_path):
+def test_consistency_runs_each_engine_setting_and_reports_its_child_net(tmp_path, capsys):
     out = tmp_path / "consistency"
     res = run_experiment("consistency", "cpu", out, overrides=TINY, quiet=True, jobs=2)
     assert [r["engine_cells"] for r in res["rows"]] == ["all", "half", "last", "first"]
@@ -100,10 +101,19 @@ def test_consistency_runs_each_engine_setting_and_reports_its_child_net(tmp_path
     assert (out / "consistency.png").exists() and (out / "results.json").exists()
     for ckpt in out.glob("runs/*/checkpoint.pt"):  # committed results hold no checkpoints
         ckpt.unlink()
-    again = run_experiment("consistency", "cpu", out, overrides=TINY, quiet=True)
+    again = run_experiment("consistency", "cpu", out, overrides=TINY, quiet=False)
     assert [(r["supernet_acc"], r["child_acc"], r["child_acc_inherited_bn"]) for r in again["rows"]] == \
         [(r["supernet_acc"], r["child_acc"], r["child_acc_inherited_bn"]) for r in res["rows"]]
     assert not list(out.glob("runs/*/checkpoint.pt"))  # nothing was run again
+    # The progress says so, and reused sub-runs make no ETA (they took no time).
+    progress = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[consistency] ") and "/4 " in l]
+    assert len(progress) == 4 and all(l.endswith("(finished earlier, reused)") for l in progress), progress
+
+
+def test_the_eta_counts_the_sub_runs_left_at_the_pace_of_those_that_ran():
+    assert remaining_seconds(100.0, 5, 2) == 300.0  # 3 rounds of 2 workers
+    assert remaining_seconds(100.0, 1, 2) == 100.0 and remaining_seconds(100.0, 0, 2) == 0.0
+    assert remaining_seconds(60.0, 4, 1) == 240.0
 
 
 def test_flexibility_and_animation_show_every_epoch_of_a_dst_search(tmp_path):

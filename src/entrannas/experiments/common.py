@@ -139,7 +139,7 @@ def _run_held_job(job: Job, run_dir: Path, threads: int | None, quiet: bool) -> 
     fresh = not (run_dir / "checkpoint.pt").exists()
     kept = _finished_without_checkpoint(job, run_dir) if fresh and run_dir.exists() else None
     if kept is not None:  # committed results (checkpoints are not committed): reuse, never redo
-        kept.update(label=job.label, run_dir=str(run_dir), resumed=True,
+        kept.update(label=job.label, run_dir=str(run_dir), resumed=True, reused=True,
                     seconds_this_call=time.time() - t0, **job.extra)
         return kept
     if fresh and run_dir.exists():
@@ -279,23 +279,33 @@ def _forward_stop_to(pool: ProcessPoolExecutor):
             signal.signal(sig, handler)
 
 
+def remaining_seconds(mean_seconds: float, left: int, workers: int) -> float:
+    """The time `left` sub-runs take at `mean_seconds` each (the mean of those that ran this
+    call; reused ones take none), `workers` at a time."""
+    return mean_seconds * math.ceil(left / max(1, workers))
+
+
 def run_jobs(ctx: Context | Workers, jobs: list[Job]) -> list[dict]:
     """Run the sub-runs (in parallel processes when ctx.jobs > 1); results in job order."""
     if not jobs:
         return []
     results: list[dict | None] = [None] * len(jobs)
-    t0, done = time.time(), 0
+    done, ran, ran_seconds = 0, 0, 0.0
 
     def report(i: int, r: dict) -> None:
-        nonlocal done
+        nonlocal done, ran, ran_seconds
         done += 1
-        rate = (time.time() - t0) / done
         acc = next((f"{k} {r[k]:.2f}%" for k in ("child_acc", "val_acc", "test_acc", "miou") if k in r), "")
         # The child-net accuracy alone would hide the super-net's: show both for searches.
         if "child_acc" in r:
             acc = f"super-net {r['supernet_acc']:.2f}% child-net {r['child_acc']:.2f}%"
+        if r.get("reused"):  # read from a finished sub-run's files: says nothing of the others' time
+            ctx.log(f"{done}/{len(jobs)} {jobs[i].label}: {acc} (finished earlier, reused)")
+            return
+        ran, ran_seconds = ran + 1, ran_seconds + r["seconds_this_call"]
+        eta = remaining_seconds(ran_seconds / ran, len(jobs) - done, ctx.jobs)
         ctx.log(f"{done}/{len(jobs)} {jobs[i].label}: {acc} ({format_eta(r['seconds_this_call'])}); "
-                f"eta {format_eta(rate * (len(jobs) - done) / max(1, min(ctx.jobs, len(jobs) - done or 1)))}")
+                f"eta {format_eta(eta)}")
 
     if ctx.jobs <= 1:
         for i, job in enumerate(jobs):
