@@ -621,25 +621,25 @@ class BankedCell(nn.Module):
         return _like(x.index_select(1, self._cache[key]), x)
 
     def _mix(self, outs, point: Point, flat_coeff, acc) -> None:
-        """acc[j] += sum over blocks of coeff * block, as one matrix product for the point."""
+        """acc[j] += sum over blocks of coeff * block, as one product for the point."""
         B, _, H, W = outs[0].shape
         C = self.C_op
-        D = C * H * W
-        # Z: [blocks, B * D], block-major, so the product is one GEMM and each node's term a
-        # contiguous row of it; in the maps' own memory layout (NCHW or channels_last).
-        last = _is_channels_last(outs[0])
-        if last:
-            Z = torch.cat([o.permute(0, 2, 3, 1).reshape(B, H, W, -1, C).permute(3, 0, 1, 2, 4)
-                           for o in outs]).reshape(-1, B * D)
-        else:
-            Z = torch.cat([o.reshape(B, -1, D).transpose(0, 1) for o in outs]).reshape(-1, B * D)
+        # Z: [B, blocks, C, H, W], the groups' outputs side by side in channel order (a view of
+        # one cat, in NCHW or channels_last alike); einsum is one call for the whole point,
+        # where per-block reshapes into a GEMM layout cost two ops a block.
+        Z = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        last = _is_channels_last(Z)
+        Z = Z.unflatten(1, (-1, C)) if last else Z.view(B, -1, C * H * W)
         for mix in point.mixes:
             Wm = flat_coeff.take(mix.coeff_index)
-            if Wm.dtype != Z.dtype:  # bf16 autocast: matmul would cast anyway
+            if Wm.dtype != Z.dtype:  # bf16 autocast: the product would cast anyway
                 Wm = Wm.to(Z.dtype)
-            P = torch.mm(Wm, Z)  # [targets, B * D]
+            if last:
+                P = torch.einsum("tn,bnchw->btchw", Wm, Z)  # [B, targets, C, H, W]
+            else:
+                P = torch.matmul(Wm, Z).view(B, -1, C, H, W)  # [B, targets, C, H, W]
             for t, j in enumerate(mix.targets):
-                term = P[t].view(B, H, W, C).permute(0, 3, 1, 2) if last else P[t].view(B, C, H, W)
+                term = _like(P[:, t], outs[0])
                 acc[j] = term if j not in acc else acc[j] + term
 
     # -- weights from the one-call-per-op cell --------------------------------------------------

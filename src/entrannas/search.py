@@ -67,22 +67,38 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
 
     xt, yt = train_batch
     weights = net.weight_parameters()
-    # Zeros, not None: a candidate the derived cell did not use this step is still stepped
-    # (momentum, weight decay) like one whose bank row was unused, as in the DARTS-family code;
-    # and the gradient tensors stay put, which a captured CUDA graph needs (docs/design.md).
-    # Every weight gets its zero gradient at the first step, so the rule does not depend on
-    # which candidates a run happened to use before (a resumed run starts without gradients).
-    w_opt.zero_grad(set_to_none=False)
-    for p in weights:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
     logits = net(xt)
     loss = F.cross_entropy(logits, yt)
-    loss.backward(inputs=weights)
+    # autograd.grad, not backward: the gradients are handed over as they are, where backward
+    # would add each into the weight's .grad (an add_ or a detach per weight: 230-460 of the
+    # EnTranNAS step's ops).
+    grads = torch.autograd.grad(loss, weights, allow_unused=True)
+    for p, g in zip(weights, grads):
+        p.grad = g
+    # Every weight the derived cell did not use gets a zero gradient: it is still stepped
+    # (momentum, weight decay) like one whose bank row was unused, as in the DARTS-family code,
+    # whichever candidates a run happened to use before (a resumed run starts without
+    # gradients); docs/design.md. Before the all-reduce, so every rank has the same set.
+    _zero_unused_grads(weights)
     ddp.allreduce_grads(weights)
     clip_grad_norm_(weights, grad_clip)
     w_opt.step()
     return loss.detach(), logits.detach()
+
+
+def _zero_unused_grads(weights) -> None:
+    """A zero gradient for each weight the backward left without one. Each such weight keeps a
+    spare tensor for it (allocated the first time), and all of them are zeroed in one call."""
+    unused = [p for p in weights if p.grad is None]
+    if not unused:
+        return
+    for p in unused:
+        spare = getattr(p, "_entrannas_zero_grad", None)
+        if spare is None or spare.shape != p.shape or spare.device != p.device or spare.dtype != p.dtype:
+            spare = torch.empty_like(p)
+            p._entrannas_zero_grad = spare
+        p.grad = spare
+    torch._foreach_zero_([p.grad for p in unused])
 
 
 def tau_decay(cfg: SearchConfig) -> float | None:
