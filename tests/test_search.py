@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from entrannas.checkpoint import load_checkpoint
 from entrannas.config import load_config
+from entrannas import search as S
 from entrannas.search import resume_search, run_search, run_search_seeds
 
 TINY = ["data.limit=192", "data.eval_limit=128", "model.C=4", "model.layers=5", "optim.batch_size=32",
@@ -250,3 +252,44 @@ def test_each_validation_uses_statistics_measured_on_the_derived_cell(reference)
     with torch.no_grad():
         net(next(iter(data.train))[0])  # one ordinary training forward (momentum 0.1)
     assert any(not torch.allclose(a, b) for a, (_, b) in zip(saved, batchnorm_statistics(net)))
+
+
+class _SharedGradients(torch.nn.Module):
+    """Weights whose gradients autograd hands over shared (p1 + p2: one tensor for both) or
+    broadcast (p3.sum(): a stride-0 tensor), the cases backward's accumulation would copy."""
+
+    def __init__(self, broadcast: bool):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.p1 = torch.nn.Parameter(torch.randn(10, generator=g))
+        self.p2 = torch.nn.Parameter(torch.randn(10, generator=g))
+        self.p3 = torch.nn.Parameter(torch.randn(3, generator=g))
+        self.broadcast = broadcast
+
+    def weight_parameters(self):
+        return [self.p1, self.p2, self.p3]
+
+    def arch_parameters(self):
+        return []
+
+    def forward(self, x):
+        logits = x * (self.p1 + self.p2)
+        return logits + self.p3.sum() if self.broadcast else logits
+
+
+@pytest.mark.parametrize("broadcast", [False, True])
+def test_a_weight_step_with_shared_or_broadcast_gradients_is_the_plain_clipped_sgd_step(broadcast):
+    x = torch.randn(8, 10, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(8) % 10
+    ours, ref = _SharedGradients(broadcast), _SharedGradients(broadcast)
+    opt = torch.optim.SGD(ours.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    S.search_step(ours, opt, None, (x, y), None, grad_clip=0.01)  # the clip scales every gradient
+    ref_opt = torch.optim.SGD(ref.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4)
+    F.cross_entropy(ref(x), y).backward()
+    for p in ref.weight_parameters():
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    torch.nn.utils.clip_grad_norm_(ref.weight_parameters(), 0.01)
+    ref_opt.step()
+    for a, b in zip(ours.weight_parameters(), ref.weight_parameters()):
+        torch.testing.assert_close(a, b)

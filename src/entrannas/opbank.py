@@ -624,22 +624,27 @@ class BankedCell(nn.Module):
         """acc[j] += sum over blocks of coeff * block, as one product for the point."""
         B, _, H, W = outs[0].shape
         C = self.C_op
-        # Z: [B, blocks, C, H, W], the groups' outputs side by side in channel order (a view of
-        # one cat, in NCHW or channels_last alike); einsum is one call for the whole point,
-        # where per-block reshapes into a GEMM layout cost two ops a block.
-        Z = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
-        last = _is_channels_last(Z)
-        Z = Z.unflatten(1, (-1, C)) if last else Z.view(B, -1, C * H * W)
+        D = C * H * W
+        last = _is_channels_last(outs[0])
+        if last:
+            # Z: [blocks, B * D] in HWC order, so each node's term is a contiguous row of the
+            # product and, permuted, a channels_last map without a copy.
+            Z = torch.cat([o.permute(0, 2, 3, 1).reshape(B, H, W, -1, C).permute(3, 0, 1, 2, 4)
+                           for o in outs]).reshape(-1, B * D)
+        else:
+            # Z: [B, blocks, C*H*W], a view of one channel concatenation of the point's outputs:
+            # no reshape or transpose per block (two ops a block).
+            Z = (outs[0] if len(outs) == 1 else torch.cat(outs, 1)).view(B, -1, D)
         for mix in point.mixes:
             Wm = flat_coeff.take(mix.coeff_index)
             if Wm.dtype != Z.dtype:  # bf16 autocast: the product would cast anyway
                 Wm = Wm.to(Z.dtype)
             if last:
-                P = torch.einsum("tn,bnchw->btchw", Wm, Z)  # [B, targets, C, H, W]
+                P = torch.mm(Wm, Z)  # [targets, B * D]
             else:
                 P = torch.matmul(Wm, Z).view(B, -1, C, H, W)  # [B, targets, C, H, W]
             for t, j in enumerate(mix.targets):
-                term = _like(P[:, t], outs[0])
+                term = P[t].view(B, H, W, C).permute(0, 3, 1, 2) if last else P[:, t]
                 acc[j] = term if j not in acc else acc[j] + term
 
     # -- weights from the one-call-per-op cell --------------------------------------------------

@@ -73,7 +73,7 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
     # would add each into the weight's .grad (an add_ or a detach per weight: 230-460 of the
     # EnTranNAS step's ops).
     grads = torch.autograd.grad(loss, weights, allow_unused=True)
-    for p, g in zip(weights, grads):
+    for p, g in zip(weights, _writable(grads)):
         p.grad = g
     # Every weight the derived cell did not use gets a zero gradient: it is still stepped
     # (momentum, weight decay) like one whose bank row was unused, as in the DARTS-family code,
@@ -84,6 +84,30 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
     clip_grad_norm_(weights, grad_clip)
     w_opt.step()
     return loss.detach(), logits.detach()
+
+
+def _writable(grads):
+    """The gradients, each safe to change in place (the all-reduce, the clip and the optimiser
+    write into .grad). autograd.grad hands a gradient over as the backward made it: one
+    broadcast over a weight (stride 0), or one tensor passed to two weights (`p1 + p2`), which
+    backward's accumulation would have copied. Those are cloned; views of disjoint parts of one
+    buffer (a cat's backward) are kept. Python on sizes and strides only: no op is dispatched."""
+    spans: dict[int, list[tuple[int, int]]] = {}
+    out = []
+    for g in grads:
+        if g is not None and g.numel() > 0:
+            if any(st == 0 and n > 1 for st, n in zip(g.stride(), g.shape)):
+                g = g.clone()
+            else:
+                lo = g.storage_offset()
+                hi = lo + 1 + sum((n - 1) * st for st, n in zip(g.stride(), g.shape))
+                taken = spans.setdefault(g.untyped_storage().data_ptr(), [])
+                if any(lo < b and a < hi for a, b in taken):
+                    g = g.clone()
+                else:
+                    taken.append((lo, hi))
+        out.append(g)
+    return out
 
 
 def _zero_unused_grads(weights) -> None:
