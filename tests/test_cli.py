@@ -30,6 +30,16 @@ def test_overrides_are_typed():
     assert c.optim.lr == 0.05 and c.model.engine_cells == [0, 2] and c.data.limit is None
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads `1e-3` as a string; users (and Python) write learning rates that way.
+    c = load_config("fmnist-quick", ["optim.arch_lr=1e-3", "optim.weight_decay=0E0"])
+    assert (c.optim.arch_lr, c.optim.weight_decay) == (1e-3, 0.0)
+    f = tmp_path / "mine.yaml"
+    f.write_text("kind: search\noptim: {lr: 2e-2, arch_lr: 6E-4}\ndata: {dataset: fashion-mnist}\n")
+    c = load_config(f)
+    assert (c.optim.lr, c.optim.arch_lr) == (0.02, 6e-4)
+
+
 def test_unknown_preset_lists_the_valid_ones(capsys):
     _fails(capsys, ["search", "-c", "cifar11-entrannas"], "cifar11-entrannas", "fmnist-quick", "cifar10-dst")
 

@@ -197,7 +197,8 @@ def _config_kind(path: Path):
     """The kind of the config.yaml a run folder starts with (None if there is none)."""
     import yaml
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        from .config import read_yaml_text
+        data = read_yaml_text(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError, RecursionError):
         return None
     return data.get("kind") if isinstance(data, dict) else None

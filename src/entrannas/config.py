@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,11 +21,27 @@ import yaml
 __all__ = ["ConfigError", "DataConfig", "SearchModelConfig", "SearchOptimConfig", "RunConfig",
            "SearchConfig", "TargetModelConfig", "TrainOptimConfig", "TrainConfig", "SegDataConfig",
            "SegModelConfig", "SegOptimConfig", "SegmentConfig", "presets",
-           "load_config", "apply_overrides", "resume_config", "to_dict", "from_dict"]
+           "load_config", "read_yaml_text", "apply_overrides", "resume_config", "to_dict", "from_dict"]
 
 
 class ConfigError(ValueError):
     """A bad preset, file, key or value; the message is one line for the user."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading `1e-3` as a number, as YAML 1.2 and Python do (YAML 1.1
+    wants `1.0e-3` and would make `--set optim.arch_lr=1e-3` the string "1e-3")."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def read_yaml_text(text: str):
+    """Parse YAML text with `YamlLoader` (every config, experiment and run folder is read so)."""
+    return yaml.load(text, Loader=YamlLoader)
 
 
 @dataclass
@@ -292,7 +309,7 @@ def _preset_path(name: str):
 def _read_yaml(path, label: str) -> dict:
     try:
         text = Path(path).read_text(encoding="utf-8") if not hasattr(path, "read_text") else path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = read_yaml_text(text)
     except OSError as e:
         raise ConfigError(f"config {label}: cannot read it ({e.strerror or e})") from None
     except UnicodeDecodeError:
@@ -349,7 +366,7 @@ def apply_overrides(cfg, overrides) -> None:
             raise ConfigError(f"override {item!r} must look like section.key=value (e.g. optim.lr=0.1)")
         key, value = item.split("=", 1)
         try:
-            parsed = yaml.safe_load(value) if value.strip() else None
+            parsed = read_yaml_text(value) if value.strip() else None
         except yaml.YAMLError:
             parsed = value
         path = key.strip().split(".")

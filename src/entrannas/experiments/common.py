@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ..config import ConfigError, from_dict, load_config, to_dict
+from ..config import ConfigError, from_dict, load_config, read_yaml_text, to_dict
 from ..fsutil import atomic_write_text
 from ..rundir import RunError, format_eta, read_metrics
 from ..runlock import LOCK_NAME, hold_run
@@ -43,7 +43,7 @@ def settings(name: str, scale: str) -> dict:
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     text = resources.files("entrannas.configs").joinpath("experiments", f"{name}.yaml").read_text("utf-8")
-    return yaml.safe_load(text)[scale]
+    return read_yaml_text(text)[scale]
 
 
 def machine() -> dict:
@@ -221,7 +221,7 @@ def _check_same_config(job: Job, run_dir: Path) -> None:
     --set must not be answered with a stale result."""
     try:
         # Through from_dict: a key added to the config since (with its default) is no change.
-        before = to_dict(from_dict(yaml.safe_load((run_dir / "config.yaml").read_text("utf-8")), job.kind))
+        before = to_dict(from_dict(read_yaml_text((run_dir / "config.yaml").read_text("utf-8")), job.kind))
     except (OSError, yaml.YAMLError, ConfigError, TypeError, AttributeError):
         before = None
     if before != to_dict(from_dict(job.config, job.kind)):
