@@ -9,6 +9,10 @@ both optimisers).
     python benchmarks/search_step.py                  # all configs, batch 16 and 64
     python benchmarks/search_step.py --batch 64 --steps 5 --configs darts bottleneck
     python benchmarks/search_step.py --batch 64 --peers /path/to/peers
+    python benchmarks/search_step.py --batch 64 --configs bottleneck --default-malloc  # glibc as is
+
+entrannas' steps run as the search runs them, with the heap keeping freed memory
+(`accel.retain_freed_memory`); `--default-malloc` leaves glibc's defaults, as the peers run.
 
 `--peers DIR` also times the official DARTS and PC-DARTS search networks, side by side, from
 DIR/darts/ and DIR/pcdarts/ (each holding the official model_search.py, operations.py and
@@ -64,10 +68,12 @@ def count_top_level_ops(step) -> int:
     return top_level_aten_ops(prof.events())
 
 
-def _entrannas_step(name: str):
+def _entrannas_step(name: str, default_malloc: bool = False):
     import torch
 
-    from entrannas import SuperNet
+    from entrannas import SuperNet, accel
+    if not default_malloc:
+        accel.retain_freed_memory()  # as _Search does
     from entrannas.optim import optimizer_options
     from entrannas.search import search_step
     net = SuperNet(C=16, layers=8, num_classes=10, **CONFIGS[name])
@@ -103,13 +109,13 @@ def _peer_step(name: str, peers: str):
 
 
 def run_one(name: str, batch: int, steps: int, warmup: int, threads: int | None, peers: str | None,
-            ops: bool) -> dict:
+            ops: bool, default_malloc: bool = False) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    step = _peer_step(name, peers) if name in PEERS else _entrannas_step(name)
+    step = _peer_step(name, peers) if name in PEERS else _entrannas_step(name, default_malloc)
     g = torch.Generator().manual_seed(1)
     batches = [(torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
                for _ in range(2)]
@@ -137,12 +143,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--peers", help="folder with the official darts/ and pcdarts/ code, timed too")
     ap.add_argument("--ops", action="store_true", help="also count top-level aten ops per step")
+    ap.add_argument("--default-malloc", action="store_true",
+                    help="entrannas with glibc's default malloc thresholds (the search keeps freed memory)")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one:
         print(json.dumps(run_one(args._one, args.batch[0], args.steps, args.warmup, args.threads,
-                                 args.peers, args.ops)))
+                                 args.peers, args.ops, args.default_malloc)))
         return
     labels = {**LABELS, **PEERS}
     names = (list(PEERS) if args.peers else []) + args.configs
@@ -157,6 +165,8 @@ def main(argv=None):
                 cmd += ["--peers", os.path.abspath(args.peers)]
             if args.ops:
                 cmd += ["--ops"]
+            if args.default_malloc:
+                cmd += ["--default-malloc"]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             row = json.loads(out.strip().splitlines()[-1])
             rows.append(row)

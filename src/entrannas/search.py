@@ -189,6 +189,7 @@ class _Search(StepAccounting):
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)
         accel.check(cfg.run, self.device)
+        accel.retain_freed_memory()  # a CPU step reuses its activations' memory
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=True)
         self.net = accel.prepare(build_supernet(cfg, self.data.info).to(self.device), cfg.run, self.device)

@@ -216,6 +216,7 @@ def _build(cfg: SegmentConfig, genotype: Genotype):
     bad input, before any file is written."""
     device = resolve_device(cfg.run.device)
     accel.check(cfg.run, device)
+    accel.retain_freed_memory()  # a CPU step reuses its activations' memory
     data = load_segmentation_data(cfg, device)
     seed_everything(cfg.run.seed)
     net = build_segnet(cfg, genotype, data.info.num_classes, data.info.channels).to(device)

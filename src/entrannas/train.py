@@ -122,6 +122,7 @@ class _Training(StepAccounting):
         self.cfg, self.genotype = cfg, genotype
         self.device = resolve_device(cfg.run.device)
         accel.check(cfg.run, self.device)
+        accel.retain_freed_memory()  # a CPU step reuses its activations' memory
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=False)
         self.net = accel.prepare(build_net(cfg, genotype, self.data.info).to(self.device), cfg.run, self.device)
