@@ -70,6 +70,24 @@ def test_fashion_mnist_data_dir(tmp_path, compress):
     assert train.images.shape == (12, 1, 28, 28) and test.labels.tolist() == [0, 1, 2, 3, 4, 5]
 
 
+def test_image_size_resizes_in_memory_sets_once_on_load(tmp_path):
+    # data.image_size=14 on 28x28 Fashion-MNIST: each pixel is the rounded mean of its 2x2
+    # block (area), the info says 14x14, and 32 upsamples; a set already that size is kept.
+    from entrannas.config import load_config
+    from entrannas.loop import load_datasets
+    _make_fmnist(tmp_path)
+    base = ["data.dataset=fashion-mnist", f"data.data_dir={tmp_path}", "data.download=false"]
+    plain, _ = load_datasets(load_config(None, base))
+    small, small_test = load_datasets(load_config(None, base + ["data.image_size=14"]))
+    blocks = plain.images.float().reshape(12, 1, 14, 2, 14, 2).mean((3, 5))
+    assert torch.equal(small.images, blocks.round().to(torch.uint8))
+    assert small.info.image_size == (14, 14) and small_test.images.shape == (6, 1, 14, 14)
+    assert torch.equal(small.labels, plain.labels)
+    big, _ = load_datasets(load_config(None, base + ["data.image_size=32"]))
+    assert big.images.shape == (12, 1, 32, 32) and big.info.image_size == (32, 32)
+    assert plain.resized(28) is plain
+
+
 def test_fashion_mnist_bad_magic_and_missing(tmp_path, monkeypatch):
     _make_fmnist(tmp_path)
     _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(12, np.uint8), 0x803)  # wrong magic

@@ -14,7 +14,8 @@ from entrannas.config import load_config
 from entrannas.data import DataError, FolderImageSet, folder as F, folder_cache as FC, load_folder
 from entrannas.loop import build_loaders
 
-TINY = ["data.dataset=folder", "model.C=4", "model.layers=3", "optim.batch_size=8", "optim.epochs=1",
+TINY = ["data.dataset=folder", "data.image_size=null", "model.C=4", "model.layers=3", "optim.batch_size=8",
+        "optim.epochs=1",
         "run.tensorboard=false", "run.plots=false", "run.log_every=1"]
 
 

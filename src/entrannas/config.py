@@ -60,7 +60,8 @@ class DataConfig:
     flip: bool = True
     cutout: int = 0
     # Side of the square images the network sees: imagenet (null = 224) and folder (null = the
-    # images' most common short side); the other datasets keep their own size.
+    # images' most common short side); the in-memory ones (null = their own size) are resized
+    # once when loaded (area averages when smaller), e.g. 14 for a quarter of the arithmetic.
     image_size: int | None = None
     workers: int = 4  # decoding processes (imagenet, folder)
     # folder (docs/design.md, "Your own data"): channels null = what the images are (1 if all

@@ -177,6 +177,11 @@ class Loaders:
     meta: dict | None = None  # folder: classes and the held-out split, for RUN/dataset.json
 
 
+# The in-memory data sets that data.image_size resizes when they are loaded (imagenet and
+# folder resize each image as they decode it).
+RESIZED_ON_LOAD = ("fashion-mnist", "cifar10", "cifar100", "synthetic")
+
+
 def load_datasets(cfg, device: torch.device | None = None):
     """``(train, test)`` of the config's dataset, as `load_dataset` gives them."""
     d, kwargs = cfg.data, {}
@@ -189,7 +194,11 @@ def load_datasets(cfg, device: torch.device | None = None):
         kwargs = dict(image_size=d.image_size, channels=d.channels, strict=d.strict,
                       test_fraction=d.test_fraction, in_memory=d.in_memory, cache_dir=d.cache_dir,
                       workers=d.workers, device=device)
-    return load_dataset(d.dataset, d.data_dir, download=d.download, **kwargs)
+    train, test = load_dataset(d.dataset, d.data_dir, download=d.download, **kwargs)
+    if d.image_size and d.dataset in RESIZED_ON_LOAD:
+        # Once, before any split or batch: every epoch then reads the smaller images.
+        train, test = train.resized(d.image_size), test.resized(d.image_size)
+    return train, test
 
 
 def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:

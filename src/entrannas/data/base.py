@@ -7,6 +7,7 @@ instead of per-image Python.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "DataError",
@@ -80,6 +82,20 @@ class TensorImageDataset(torch.utils.data.Dataset):
     def to(self, device) -> "TensorImageDataset":
         """The same dataset with both tensors on ``device`` (no copy if already there)."""
         return TensorImageDataset(self.images.to(device), self.labels.to(device), self.info)
+
+    def resized(self, size: int, chunk: int = 8192) -> "TensorImageDataset":
+        """The images resized once to ``size`` x ``size`` (area averages when smaller, as a
+        2x2 block mean halves a side; bilinear when larger), still uint8."""
+        if tuple(self.images.shape[2:]) == (size, size):
+            return self
+        mode = "area" if size < min(self.images.shape[2:]) else "bilinear"
+        extra = {} if mode == "area" else {"align_corners": False}
+        out = torch.empty(self.images.shape[0], self.images.shape[1], size, size, dtype=torch.uint8,
+                          device=self.images.device)
+        for i in range(0, self.images.shape[0], chunk):  # float copies of a chunk, not the set
+            x = self.images[i:i + chunk].float()
+            out[i:i + chunk] = F.interpolate(x, size=(size, size), mode=mode, **extra).round_().clamp_(0, 255)
+        return TensorImageDataset(out, self.labels, dataclasses.replace(self.info, image_size=(size, size)))
 
     def __repr__(self) -> str:
         return (
