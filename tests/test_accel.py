@@ -124,7 +124,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(not accel.retain_freed_memory(), reason="not glibc")
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="not glibc")
 def test_a_search_step_reuses_its_memory_instead_of_page_faulting_it_in_again():
     # Fresh processes: the malloc settings are process-wide. With glibc's defaults the freed
     # activations go back to the system and each step faults them in again (about 2,000 page

@@ -15,8 +15,7 @@ from entrannas.data import DataError, FolderImageSet, folder as F, folder_cache 
 from entrannas.loop import build_loaders
 
 TINY = ["data.dataset=folder", "data.image_size=null", "model.C=4", "model.layers=3", "optim.batch_size=8",
-        "optim.epochs=1",
-        "run.tensorboard=false", "run.plots=false", "run.log_every=1"]
+        "optim.epochs=1", "run.tensorboard=false", "run.plots=false", "run.log_every=1"]
 
 
 def _load(root, tmp_path, **kw):
