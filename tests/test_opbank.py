@@ -53,11 +53,25 @@ def _bank_layout_of_plain_grads(plain, bank):
     return dict(copy.deepcopy(bank).load_from_plain(g).named_parameters())
 
 
-def _results(cell, dtype, run, inputs, coeff, training):
+def _jitter(t: torch.Tensor, gen: torch.Generator) -> None:
+    """Scale each element by 1 +- one float32 epsilon: a perturbation of the size of the
+    rounding that storing the value in float32 makes anyway."""
+    sign = torch.randint(0, 2, t.shape, generator=gen, dtype=t.dtype) * 2 - 1
+    t.mul_(1 + torch.finfo(torch.float32).eps * sign)
+
+
+def _results(cell, dtype, run, inputs, coeff, training, jitter=None):
     """Output, input/coefficient gradients, weight gradients (bank layout for a plain cell) and
-    the running statistics after a forward of a copy of `cell` in `dtype`."""
+    the running statistics after a forward of a copy of `cell` in `dtype`; with `jitter` (a
+    seed), every weight and input first moves by one float32 epsilon (see _jitter)."""
     c = copy.deepcopy(cell).to(dtype).train(training)
-    xs = [t.detach().to(dtype).requires_grad_() for t in (*inputs, coeff) if t is not None]
+    xs = [t.detach().to(dtype, copy=True) for t in (*inputs, coeff) if t is not None]
+    if jitter is not None:
+        gen = torch.Generator().manual_seed(jitter)
+        with torch.no_grad():
+            for t in [*c.parameters(), *xs]:
+                _jitter(t, gen)
+    xs = [t.requires_grad_() for t in xs]
     out = run(c, *xs)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     (out * g.to(dtype)).sum().backward()
@@ -67,19 +81,27 @@ def _results(cell, dtype, run, inputs, coeff, training):
 def _check(plain, bank, run, inputs, coeff=None):
     """Both paths against a float64 run of the plain cell, in train and eval mode: in float64
     they agree to rounding (1e-10); in float32 the batched path is within 1e-5 of the float64
-    result, or no further from it than four times the plain float32 path (a deep weight gradient
-    sums thousands of float32 products, in another order on each path)."""
+    result, or no further from it than four times the plain float32 path's float noise. That
+    noise is the worst of the plain path's own error and its error after every weight and input
+    moved by one float32 epsilon (twice): a weight gradient that sums thousands of float32
+    products with cancellation, or a BatchNorm over few values, amplifies rounding past 1e-5 on
+    either path, and the plain path's own error alone is at times far below its typical one."""
     for training in (True, False):
         ref, ref_cell = _results(plain, torch.float64, run, inputs, coeff, training)
         p32, p32_cell = _results(plain, torch.float32, run, inputs, coeff, training)
+        jittered = [_results(plain, torch.float32, run, inputs, coeff, training, jitter=seed)
+                    for seed in (1, 2)]
         b64, b64_cell = _results(bank, torch.float64, run, inputs, coeff, training)
         b32, b32_cell = _results(bank, torch.float32, run, inputs, coeff, training)
         mode = "train" if training else "eval"
         ref_w = _bank_layout_of_plain_grads(ref_cell, b64_cell)
         p32_w = _bank_layout_of_plain_grads(p32_cell, b32_cell)
+        jit_w = [_bank_layout_of_plain_grads(cell, b32_cell) for _, cell in jittered]
         for name, p in b64_cell.named_parameters():
             ref[f"grad {name}"] = ref_w[name]
             p32[f"grad {name}"] = p32_w[name]
+            for (res, _), w in zip(jittered, jit_w):
+                res[f"grad {name}"] = w[name]
             b64[f"grad {name}"] = p.grad if p.grad is not None else torch.zeros_like(p)
             q = dict(b32_cell.named_parameters())[name]
             b32[f"grad {name}"] = q.grad if q.grad is not None else torch.zeros_like(q)
@@ -90,18 +112,25 @@ def _check(plain, bank, run, inputs, coeff=None):
                 ref[f"buffer {name}"] = ref_stats[name]
                 b64[f"buffer {name}"] = b
                 b32[f"buffer {name}"] = dict(b32_cell.named_buffers())[name]
-                p32[f"buffer {name}"] = ref_stats[name]  # not compared
         for key, r in ref.items():
             if r.abs().max() == 0:
                 assert b64[key].abs().max() == 0 and b32[key].abs().max() == 0, f"{key} ({mode})"
                 continue
             assert _rel(b64[key], r) < 1e-10, f"{key} ({mode}): float64 error {_rel(b64[key], r):.1e}"
-            err, plain_err = _rel(b32[key], r), _rel(p32[key], r)
+            err = _rel(b32[key], r)
+            if key.startswith("buffer"):  # statistics: the float32 bank against float64 alone
+                assert err < TOL, f"{key} ({mode}): float32 error {err:.1e}"
+                continue
+            plain_err = max(_rel(res[key], r) for res in (p32, *(j for j, _ in jittered)))
             assert err < max(TOL, 4 * plain_err), \
-                f"{key} ({mode}): float32 error {err:.1e}, plain path {plain_err:.1e}"
+                f"{key} ({mode}): float32 error {err:.1e}, plain path's noise {plain_err:.1e}"
 
 
-def _inputs(reduction_prev, H=4):
+def _inputs(reduction_prev, H=8):
+    # 8x8 maps, not smaller: a reduction cell's 4x4 (or 2x2) outputs give each affine-free
+    # BatchNorm so few values per channel that its backward amplifies float32 rounding past 1e-5
+    # on both paths alike (seen at 4x4 inputs: 1e-6 to 9e-6, varying by seed), and the test would
+    # measure the conditioning of the inputs rather than the bank.
     s0 = torch.randn(2, 12, 2 * H if reduction_prev else H, 2 * H if reduction_prev else H, requires_grad=True)
     s1 = torch.randn(2, 12, H, H, requires_grad=True)
     return s0, s1
