@@ -13,6 +13,7 @@ torch.cuda.max_memory_allocated; CPU: peak resident memory above the bare interp
     python benchmarks/search_epoch.py                         # 2 whole epochs each, on a GPU
     python benchmarks/search_epoch.py --steps 3               # CPU: 3 steps an epoch, extrapolated
     python benchmarks/search_epoch.py --json out.json --methods entrannas --epochs 3
+    python benchmarks/search_epoch.py --cuda-graphs --epochs 3   # GPU: steps replayed as CUDA graphs
 
 At least two epochs are timed: the first pays for cuDNN autotuning, the allocator's growth
 and first-call costs, so the 50-epoch time is the timed epochs plus the last (steady) one for
@@ -81,20 +82,21 @@ def profile_step(step, device) -> dict:
 
 
 def run_method(method: str, batch: int, epochs: int, steps: int | None, device: str,
-               precision: str, channels_last: str, threads: int | None) -> dict:
+               precision: str, channels_last: str, threads: int | None, cuda_graphs: bool = False) -> dict:
     import torch
 
     from entrannas import accel
     from entrannas.config import load_config
     from entrannas.loop import evaluate
-    from entrannas.search import _Search, search_step
+    from entrannas.search import _Search
     if threads:
         torch.set_num_threads(threads)
     base = _rss_bytes()
     cfg = load_config(PRESETS[method], ["data.dataset=synthetic", f"data.synthetic_size={2 * IMAGES}",
                                         "data.synthetic_shape=[3, 32, 32]", f"optim.batch_size={batch}",
                                         f"run.device={device}", f"run.precision={precision}",
-                                        f"run.channels_last={channels_last}"])
+                                        f"run.channels_last={channels_last}",
+                                        f"run.cuda_graphs={str(cuda_graphs).lower()}"])
     # The search loop's own set-up (device checks, loaders, prepared network, optimisers with
     # their device options), so what is timed is what `entrannas search` runs.
     search = _Search(cfg)
@@ -105,17 +107,19 @@ def run_method(method: str, batch: int, epochs: int, steps: int | None, device: 
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    timed = []
+    timed, graphs = [], []
     for e in range(epochs):
         net.set_epoch(e)
+        if search.graphs is not None:  # as the search loop: tau and the lr are graph constants
+            search.graphs.new_epoch()
         data.train.set_epoch(e, 0)
         data.arch.set_epoch(e, 0)
         net.train()
         sync()
         t0 = time.perf_counter()
         for train_batch, val_batch in itertools.islice(zip(data.train, data.arch), n_train):
-            with accel.autocast(cfg.run, dev):
-                search_step(net, search.w_opt, search.a_opt, train_batch, val_batch, o.grad_clip)
+            with accel.autocast(cfg.run, dev, cache=not cuda_graphs):
+                search.search_step(train_batch, val_batch, True)
         sync()
         t1 = time.perf_counter()
         with accel.autocast(cfg.run, dev):
@@ -125,6 +129,8 @@ def run_method(method: str, batch: int, epochs: int, steps: int | None, device: 
         t2 = time.perf_counter()
         train_s, val_s = (t1 - t0) * per_epoch / n_train, (t2 - t1) * val_batches / n_val
         timed.append({"epoch": e, "train_s": train_s, "val_s": val_s, "epoch_s": train_s + val_s})
+        if search.graphs is not None:
+            timed[-1]["cuda_graphs"] = search.graphs.cache.take_counts()
     mem = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
     steady = timed[-1]
@@ -133,8 +139,8 @@ def run_method(method: str, batch: int, epochs: int, steps: int | None, device: 
     train_batch, val_batch = next(zip(data.train, data.arch))
 
     def one_step():
-        with accel.autocast(cfg.run, dev):
-            search_step(net, search.w_opt, search.a_opt, train_batch, val_batch, o.grad_clip)
+        with accel.autocast(cfg.run, dev, cache=not cuda_graphs):
+            search.search_step(train_batch, val_batch, True)
     counts = profile_step(one_step, dev)  # after timing and memory: the profiler costs neither
     return {"method": method, "batch": batch,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -171,6 +177,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"])
     ap.add_argument("--threads", type=_at_least(1))
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="replay each derived cell's step as CUDA graphs (run.cuda_graphs; CUDA only)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # search_step, in the workers too
@@ -181,7 +189,7 @@ def main(argv=None) -> list[dict]:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             try:
                 r = pool.submit(run_method, m, batch, args.epochs, args.steps, args.device, args.precision,
-                                args.channels_last, args.threads).result()
+                                args.channels_last, args.threads, args.cuda_graphs).result()
             except ConfigError as e:  # e.g. bf16 with channels_last on a CPU
                 ap.exit(2, f"{ap.prog}: error: {e}\n")
         rows.append(r)
@@ -203,6 +211,11 @@ def main(argv=None) -> list[dict]:
               f"{r['peak_mem_gib']:.2f} | {r['fifty_epochs_min']:.1f}{star} |")
     if any(not r["epoch_measured"] for r in rows):
         print("\n* extrapolated from the timed steps and validation batches of each epoch")
+    for r in rows:
+        if "cuda_graphs" in r["epochs"][-1]:
+            c = r["epochs"][-1]["cuda_graphs"]
+            print(f"{r['method']}: CUDA graphs in the steady epoch: {c['replayed']} replayed, "
+                  f"{c['captured']} captured, {c['eager']} eager (hit rate {100 * c['hit_rate']:.0f}%)")
     if any(r.get("h2d_copies_per_step") for r in rows):
         print("host-to-device copies per step: " + ", ".join(f"{r['method']} {r['h2d_copies_per_step']}"
                                                             for r in rows))

@@ -1,5 +1,5 @@
 """The GPU fast path, in one place: bf16 autocast, channels_last, cudnn.benchmark and
-torch.compile of the target network.
+torch.compile of the target network (the search's CUDA graphs are in graphstep.py).
 
 Every switch is `auto` by default, which means on for a CUDA device and off on a CPU: the CPU
 path (and its bit-exact results and resumes) is the plain float32 one. `run.precision=bf16`
@@ -30,12 +30,20 @@ def use_channels_last(run_cfg, device: torch.device) -> bool:
     return _on(run_cfg.channels_last, device)
 
 
-def check(run_cfg, device: torch.device) -> None:
+def check(run_cfg, device: torch.device, search: bool = False) -> None:
     """Refuse switch settings known to give wrong numbers on `device`, before any work: bf16
     autocast over channels_last maps on a CPU gave NaN losses at batch 4 and 16 while each
-    switch alone stays finite, so a run asking for both would train on garbage."""
+    switch alone stays finite, so a run asking for both would train on garbage. Also refused:
+    CUDA graphs (graphstep.py) anywhere but in a search on a CUDA device."""
+    from .config import ConfigError
+    if getattr(run_cfg, "cuda_graphs", False):
+        if not search:
+            raise ConfigError("run.cuda_graphs=true replays search steps; training a target "
+                              "network does not use it: drop the setting")
+        if device.type != "cuda":
+            raise ConfigError(f"run.cuda_graphs=true needs a CUDA device, and this run is on "
+                              f"{device}: drop it, or set run.device=cuda on a machine with a GPU")
     if device.type == "cpu" and use_bf16(run_cfg, device) and use_channels_last(run_cfg, device):
-        from .config import ConfigError
         raise ConfigError("run.precision=bf16 with run.channels_last=true is not supported on a CPU "
                           "(the loss becomes NaN): set run.channels_last=false (or auto) to keep bf16, "
                           "or run.precision=fp32 (or auto) to keep channels_last")
@@ -68,12 +76,13 @@ def retain_freed_memory() -> bool:
     return ok
 
 
-def autocast(run_cfg, device: torch.device):
+def autocast(run_cfg, device: torch.device, cache: bool = True):
     """Forward passes in bfloat16 where it is safe (autocast keeps softmax, losses and
-    reductions in float32); weights, gradients and optimiser state stay float32."""
+    reductions in float32); weights, gradients and optimiser state stay float32. `cache=False`
+    for CUDA graphs: a graph must cast the weights itself, not reuse casts made outside it."""
     if not use_bf16(run_cfg, device):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache)
 
 
 def prepare(net: torch.nn.Module, run_cfg, device: torch.device) -> torch.nn.Module:

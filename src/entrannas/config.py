@@ -140,6 +140,10 @@ class RunConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
     compile: bool = False  # torch.compile the target network (training only)
+    # Search only, CUDA only: replay each derived cell's step as CUDA graphs (graphstep.py),
+    # keeping at most graph_cache of them. Off until measured on a GPU (docs/design.md).
+    cuda_graphs: bool = False
+    graph_cache: int = 8
 
 
 @dataclass
@@ -268,7 +272,7 @@ _CHECKS: dict[str, tuple] = {
     "optim.arch_weight_decay": _NONNEG, "optim.warmup_epochs": _NONNEG,
     "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.arch_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
-    "run.log_every": _POSITIVE, "run.checkpoint_every": _NONNEG,
+    "run.log_every": _POSITIVE, "run.checkpoint_every": _NONNEG, "run.graph_cache": _POSITIVE,
     "data.crop_size": _POSITIVE, "data.scenes_train": _POSITIVE, "data.scenes_val": _POSITIVE,
     "data.scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1], "two numbers 0 < min <= max"),
     "data.scene_canvas": (lambda v: v >= 28, "at least 28 (one Fashion-MNIST item)"),

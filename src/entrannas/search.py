@@ -185,10 +185,17 @@ class _Search(StepAccounting):
     request. Built (data, network, checkpoint state) before the run folder is touched, so a
     search that cannot start leaves nothing behind; `start(run)` attaches the folder."""
 
-    def __init__(self, cfg: SearchConfig, state: dict | None = None, checkpoint: Path | None = None):
+    def __init__(self, cfg: SearchConfig, state: dict | None = None, checkpoint: Path | None = None,
+                 graph_backend=None):
         self.cfg = cfg
         self.device = resolve_device(cfg.run.device)
-        accel.check(cfg.run, self.device)
+        accel.check(cfg.run, self.device, search=True)
+        # graph_backend: the tests' CPU stand-in for CUDA graphs (graphstep.Eager).
+        graphs = cfg.run.cuda_graphs or graph_backend is not None
+        if graphs and ddp.active():
+            from .config import ConfigError
+            raise ConfigError("run.cuda_graphs=true does not work under torchrun (the gradient "
+                              "all-reduces are not in the graphs): drop it, or run one process")
         accel.retain_freed_memory()  # a CPU step reuses its activations' memory
         seed_everything(cfg.run.seed)
         self.data = build_loaders(cfg, self.device, search=True)
@@ -200,7 +207,13 @@ class _Search(StepAccounting):
                                      weight_decay=o.weight_decay, **optimizer_options(self.device))
         self.a_opt = torch.optim.Adam(self.net.arch_parameters(), lr=o.arch_lr,
                                       betas=tuple(o.arch_betas), weight_decay=o.arch_weight_decay,
-                                      **optimizer_options(self.device))
+                                      **optimizer_options(self.device),
+                                      **({"capturable": True} if graphs and self.device.type == "cuda" else {}))
+        self.graphs = None
+        if graphs:
+            from .graphstep import GraphedSearchStep
+            self.graphs = GraphedSearchStep(self.net, self.w_opt, self.a_opt, o.grad_clip,
+                                            cfg.run.graph_cache, graph_backend, self._graph_log)
         # Position: `step` batches of epoch `epoch` are done; `partial` sums their loss,
         # correct predictions and images so a resumed epoch reports the same metrics.
         self.epoch, self.step, self.partial, self.elapsed = 0, 0, [0.0, 0.0, 0], 0.0
@@ -230,6 +243,17 @@ class _Search(StepAccounting):
         self.extended_from = (state["config"]["optim"]["epochs"]
                               if state is not None and state["config"]["optim"]["epochs"] != cfg.optim.epochs
                               else None)
+
+    def _graph_log(self, line: str) -> None:
+        if getattr(self, "run", None) is not None:
+            self.run.log.info(line)
+
+    def search_step(self, train_batch, val_batch, arch: bool):
+        """One search step: eager, or replayed from CUDA graphs (run.cuda_graphs)."""
+        if self.graphs is not None:
+            return self.graphs.step(train_batch, val_batch, arch)
+        return search_step(self.net, self.w_opt, self.a_opt if arch else None, train_batch,
+                           val_batch, self.cfg.optim.grad_clip)
 
     def first_files(self, run) -> None:
         run.write_json("split.json", self.data.split)
@@ -265,15 +289,17 @@ class _Search(StepAccounting):
             for group in self.w_opt.param_groups:
                 group["lr"] = lr
             net.set_epoch(e)
+            if self.graphs is not None:  # the learning rate and tau are constants in a graph
+                self.graphs.new_epoch()
             # Batches depend only on (seed, epoch, batch): resuming mid-epoch replays nothing.
             self.data.train.set_epoch(e, self.step)
             self.data.arch.set_epoch(e, self.step)
-            a_opt = self.a_opt if e >= warmup_epochs(cfg) else None
+            arch = e >= warmup_epochs(cfg)
             net.train()
             for (xt, yt), val_batch in zip(self.data.train, self.data.arch):
                 try:
-                    with accel.autocast(cfg.run, self.device):
-                        loss, logits = search_step(net, self.w_opt, a_opt, (xt, yt), val_batch, cfg.optim.grad_clip)
+                    with accel.autocast(cfg.run, self.device, cache=self.graphs is None):
+                        loss, logits = self.search_step((xt, yt), val_batch, arch)
                 except FloatingPointError as err:  # raised before the update: alpha/beta still good
                     bar.close()
                     raise self.diverged(f"{err} at epoch {e + 1}, step {self.step + 1}") from None
@@ -303,6 +329,8 @@ class _Search(StepAccounting):
                "peak_mem_gib": peak_memory_gib(self.device)}
         if net.has_transit():
             row["selection_changes"] = self.changes
+        if self.graphs is not None:  # this process's steps of the epoch (not kept across a resume)
+            row["cuda_graphs"] = self.graphs.cache.take_counts()
         if net.derivation == "dst":
             row["thresholds"] = {t: net.thresholds(t).tolist() for t in CELL_TYPES}
         if net.edge_normalization:
@@ -319,6 +347,8 @@ class _Search(StepAccounting):
                      f"edges N/R {row['cells']['normal']['edges']}/{row['cells']['reduce']['edges']} "
                      + (f"derived cell changed at {self.changes} of {len(self.data.train)} steps "
                         if net.has_transit() else "") +
+                     (f"CUDA graph hit rate {100 * row['cuda_graphs']['hit_rate']:.0f}% of step phases "
+                      if self.graphs is not None else "") +
                      f"wall {format_eta(row['wall_time'])}")
         self.epoch, self.step, self.partial, self.changes = e + 1, 0, [0.0, 0.0, 0], 0
         self.checkpoint()

@@ -8,6 +8,7 @@ keyword.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -124,6 +125,7 @@ class SuperNet(nn.Module):
         self.temperature = Temperature(float(cfg["tau0"]), float(cfg["tau_decay"]))
         self.tau = self.temperature(0)
         self.last_selection = None  # the derived cell of the last training forward (Transit-cells)
+        self._given_selection = None  # set by given_selection(): the derived cell to run
         self.dst_lambda = float(dst_lambda)
         # DST learns topology explicitly, so it searches without `none` (paper appendix A.2).
         self.op_names = op_names(space, include_none=self.derivation != "dst")
@@ -228,14 +230,26 @@ class SuperNet(nn.Module):
             return dst_coefficients(self.alpha(cell_type), self.beta(cell_type), self.tau)
         return softmax_t(self.alpha(cell_type), self.tau)
 
+    @contextlib.contextmanager
+    def given_selection(self, selection: dict[str, Selection] | None):
+        """Forwards inside run `selection` (what arch_state() derived from the current alpha/beta)
+        instead of deriving it again: deriving copies alpha to the host, which a CUDA graph
+        capture cannot contain (graphstep.py). None: derive as usual."""
+        before, self._given_selection = self._given_selection, selection
+        try:
+            yield self
+        finally:
+            self._given_selection = before
+
     def arch_state(self, need_selection: bool = True) -> ArchState:
         state = ArchState()
         all_ops = [k for k in range(len(self.op_names)) if k != self.none_index]
+        given = self._given_selection
         for t in CELL_TYPES:
             coeff = self.coefficients(t)
             state.coeff[t] = coeff
             if self.derivation == "dst":
-                sel = derive_dst(coeff)
+                sel = given[t] if given is not None else derive_dst(coeff)
                 # For finite alpha/beta every node keeps its strongest input (arch.py); only
                 # NaN can empty one, and the cells cannot run a node without inputs.
                 if not all(sel):
@@ -251,11 +265,13 @@ class SuperNet(nn.Module):
                 state.active[t] = [all_ops] * len(EDGES)
                 if self.edge_normalization:
                     # PC-DARTS weights each edge in search and ranks edges by p times it.
-                    w = state.edge_weight[t] = self.edge_weights(t)
-                    if need_selection:
-                        state.selection[t] = derive_top2(coeff * w.unsqueeze(-1), self.none_index)
+                    state.edge_weight[t] = self.edge_weights(t)
+                if need_selection and given is not None:
+                    state.selection[t] = given[t]
                 elif need_selection:
-                    state.selection[t] = derive_top2(coeff, self.none_index)
+                    w = state.edge_weight.get(t)
+                    state.selection[t] = derive_top2(coeff if w is None else coeff * w.unsqueeze(-1),
+                                                     self.none_index)
         return state
 
     def selection_to_genotype(self, selection: dict[str, Selection]):
