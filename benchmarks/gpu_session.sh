@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# What a session lent a GPU should measure, in one call that fits its device time (15 minutes,
+# start-up included): the CUDA-graph step's checks, then the search epochs eager and replayed.
+# Every part has its own timeout and writes under $OUT (default: ./gpu-out), so a part that
+# hangs or fails leaves the others' results.
+#
+#   PYTHONPATH=src bash benchmarks/gpu_session.sh            # on the GPU machine
+#   QUICK=1 PYTHONPATH=src bash benchmarks/gpu_session.sh    # a dry run on a CPU (1 step an epoch)
+#
+# Record the printed tables in benchmarks/RESULTS.md with the device, torch version and date.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+steps=()
+[ -n "${QUICK:-}" ] && steps=(--steps 1 --batch 8)
+
+part() {  # part NAME SECONDS COMMAND...: one step of the session, its output in $OUT/NAME.txt
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name (at most ${limit}s)"
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/$name.txt"
+    echo "== $name: exit $rc"
+}
+
+python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())" \
+    > "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
+# The replayed step against the eager one on the real backend (skipped without CUDA).
+part graph-tests 120 python3 -m pytest -q -x tests/test_graphstep.py
+# EnTranNAS and DST at the paper's batch 512, eager then replayed; DARTS mode at batch 64.
+part epochs-eager 180 python3 benchmarks/search_epoch.py --methods entrannas dst "${steps[@]}" \
+    --json "$OUT/epochs-eager.json"
+if [ -z "${QUICK:-}" ]; then
+    part epochs-graphs 240 python3 benchmarks/search_epoch.py --methods entrannas dst --cuda-graphs \
+        --epochs 3 --json "$OUT/epochs-graphs.json"
+    part darts-step 120 python3 benchmarks/search_epoch.py --methods darts --steps 40 \
+        --json "$OUT/darts.json"
+fi
+echo "results in $OUT"
