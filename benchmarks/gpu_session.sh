@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What a session lent a GPU should measure, in one call that fits its device time (15 minutes,
-# start-up included): the CUDA-graph step's checks, then the search epochs eager and replayed.
+# start-up included): the CUDA-graph step's checks, the narrow-channel BatchNorm forms, then
+# the search epochs eager and replayed.
 # Every part has its own timeout and writes under $OUT (default: ./gpu-out), so a part that
 # hangs or fails leaves the others' results.
 #
@@ -30,6 +31,8 @@ python3 -c "import torch; print(torch.__version__, torch.cuda.is_available() and
 cat "$OUT/device.txt"
 # The replayed step against the eager one on the real backend (skipped without CUDA).
 part graph-tests 120 python3 -m pytest -q -x tests/test_graphstep.py
+# The narrow-channel BatchNorm: native against two reduction forms (same numbers, printed).
+part narrow-bn 60 python3 benchmarks/narrow_bn.py ${QUICK:+--shape 64 4 32 32 --repeat 5}
 # EnTranNAS and DST at the paper's batch 512, eager then replayed; DARTS mode at batch 64.
 part epochs-eager 180 python3 benchmarks/search_epoch.py --methods entrannas dst "${steps[@]}" \
     --json "$OUT/epochs-eager.json"
