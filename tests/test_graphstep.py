@@ -87,6 +87,25 @@ def test_a_failed_capture_leaves_its_key_eager_and_says_so_once():
     assert len(lines) == 1 and "operation not permitted" in lines[0] and "\n" not in lines[0]
 
 
+def test_running_out_of_memory_in_a_capture_drops_the_graphs_and_keeps_fewer():
+    class OutOfMemoryOnThird(Recording):
+        def capture(self, fn):
+            if len(self.captures) == 2:
+                self.captures.append(None)
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().capture(fn)
+    lines, backend = [], OutOfMemoryOnThird()
+    cache = GraphCache(4, backend, lines.append)
+    x = torch.ones(1)
+    for key in "aabbcc":
+        assert cache.run(key, lambda t: (t * 3,), x)[0].item() == 3.0
+    assert not cache.graphs and cache.capacity == 2 and backend.released == 2
+    assert "out of GPU memory" in lines[0] and "at most 2" in lines[0]
+    for key in "cc":  # captured again later, within the smaller bound
+        cache.run(key, lambda t: (t,), x)
+    assert list(cache.graphs) == ["c"]
+
+
 def _net(method, **kw):
     torch.manual_seed(0)
     net = SuperNet(method=method, C=4, layers=4, num_classes=10, in_channels=1, **kw)

@@ -36,13 +36,24 @@ __all__ = ["GraphedSearchStep", "GraphCache", "CudaGraphs", "Eager"]
 
 
 class CudaGraphs:
-    """The real backend: torch.cuda.CUDAGraph."""
+    """The real backend: torch.cuda.CUDAGraph, all graphs in one memory pool.
+
+    Sharing the pool is safe here because no two graphs' memory is ever in use at once: the
+    graphs replay one at a time on one stream, their inputs and the gradient buffers live
+    outside the pool, and each graph's outputs are read (copied, or turned into a Python
+    number) before any other graph replays. Without it every cached graph would hold a
+    step's activations of its own."""
+
+    def __init__(self):
+        self.pool = None
 
     class _Graph:
-        def __init__(self, fn):
+        def __init__(self, fn, backend):
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):  # records on a side stream; runs nothing
+            with torch.cuda.graph(self.graph, pool=backend.pool):  # records on a side stream; runs nothing
                 self.outputs = fn()
+            if backend.pool is None:
+                backend.pool = self.graph.pool()
 
         def replay(self):
             self.graph.replay()
@@ -53,7 +64,7 @@ class CudaGraphs:
             self.outputs = None
 
     def capture(self, fn):
-        return self._Graph(fn)
+        return self._Graph(fn, self)
 
 
 class Eager:
@@ -106,6 +117,15 @@ class GraphCache:
         static = tuple(t.clone() for t in tensors)
         try:
             graph = self.backend.capture(lambda: fn(*static))
+        except torch.OutOfMemoryError:
+            # The cached graphs hold too much: drop them and keep fewer from now on.
+            self.flush()
+            self.capacity = max(1, self.capacity // 2)
+            if self.log is not None:
+                self.log(f"out of GPU memory while capturing a CUDA graph: the cache now keeps "
+                         f"at most {self.capacity} (run.graph_cache)")
+            self.counts["eager"] += 1
+            return fn(*tensors)
         except RuntimeError as err:
             # A capture only records kernels: nothing has run, so the step is run eagerly.
             self.refused.add(key)
