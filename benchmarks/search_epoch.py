@@ -100,14 +100,14 @@ def run_method(method: str, batch: int, epochs: int, steps: int | None, device: 
     # The search loop's own set-up (device checks, loaders, prepared network, optimisers with
     # their device options), so what is timed is what `entrannas search` runs.
     search = _Search(cfg)
-    dev, net, data, o = search.device, search.net, search.data, cfg.optim
+    dev, net, data = search.device, search.net, search.data
     per_epoch, val_batches = len(data.train), len(data.val)
     n_train = min(per_epoch, steps) if steps else per_epoch
     n_val = min(val_batches, steps) if steps else val_batches
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    timed, graphs = [], []
+    timed = []
     for e in range(epochs):
         net.set_epoch(e)
         if search.graphs is not None:  # as the search loop: tau and the lr are graph constants

@@ -3,7 +3,6 @@ eager-capture-replay rule, its bound and flushes, failed captures, and that the 
 phases (run through the CPU stand-in backend, which replays a captured function on its static
 inputs) compute the eager step bit for bit, in a whole search too."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
