@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from .arch import EDGES, NUM_NODES, Selection, edge_index
 from .layers import channel_shuffle
+from .cpuconv import Conv2d, MaxPool2d
 from .ops import POOLS, FactorizedReduce, ReLUConvBN, build_op
 
 __all__ = ["SearchCell", "EngineCell", "TransitCell", "ConvBN1x1"]
@@ -32,7 +33,7 @@ class ConvBN1x1(nn.Sequential):
     before the ops (every parametric op starts with its own ReLU)."""
 
     def __init__(self, C_in: int, C_out: int):
-        super().__init__(nn.Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=False))
+        super().__init__(Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=False))
 
 
 def init_search_cell(cell: nn.Module, op_names, C_prev_prev: int, C_prev: int, C: int,
@@ -71,7 +72,7 @@ class SearchCell(nn.Module):
         if partial_channels > 1:
             # The bypassed channels of a strided edge are downsampled as the ops' output is
             # (PC-DARTS uses a 2x2 max pool; ceil_mode matches the ops' size on odd maps too).
-            self.bypass_pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+            self.bypass_pool = MaxPool2d(2, 2, ceil_mode=True)
             C_op //= partial_channels
         sources = range(1 + NUM_NODES) if feature_sharing else [i for i, _ in EDGES]
         self.ops = nn.ModuleList(

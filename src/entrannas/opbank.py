@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import cpuconv
 from . import distributed as ddp
 from .arch import EDGES, NUM_NODES, Selection, edge_index
 from .layers import channel_shuffle
@@ -166,7 +167,7 @@ class _Segmented(nn.Module):
         channel for a depthwise convolution."""
         w = self._w(name, rows)
         groups = w.shape[0] if depthwise else rows.count
-        return F.conv2d(x, w, None, stride, padding, dilation, groups)
+        return cpuconv.conv2d(x, w, stride, padding, dilation, groups)
 
     def _bn(self, name: str, x: torch.Tensor, rows: Rows) -> torch.Tensor:
         s = rows.segment
@@ -272,7 +273,7 @@ class SkipBank(_Bank):
             odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
         h, w = even.shape[-2:]
         both = torch.stack([even.reshape(B, G, self.C, h, w), odd.reshape(B, G, self.C, h, w)], 2)
-        y = F.conv2d(_like(both.reshape(B, 2 * GC, h, w), x), self._w("w", rows), None, 1, 0, 1, 2 * G)
+        y = cpuconv.conv2d(_like(both.reshape(B, 2 * GC, h, w), x), self._w("w", rows), groups=2 * G)
         return self._bn("bn", y, rows)
 
 
@@ -289,10 +290,7 @@ class PoolBank(_Bank):
         return False
 
     def forward(self, x, rows: Rows, stride: int, engine: bool):
-        if self.kind == "max":
-            y = F.max_pool2d(x, 3, stride, 1)
-        else:
-            y = F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)
+        y = cpuconv.pool_3x3(self.kind, x, stride)
         return self._bn("bn", y, rows) if engine else y
 
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpuconv import AvgPool2d, Conv2d, MaxPool2d
+
 __all__ = [
     "OPS",
     "SPACES",
@@ -30,7 +32,7 @@ class ReLUConvBN(nn.Sequential):
     def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_out, kernel, stride=stride, padding=padding, bias=False),
+            Conv2d(C_in, C_out, kernel, stride=stride, padding=padding, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -41,9 +43,9 @@ class DilConv(nn.Sequential):
     def __init__(self, C_in, C_out, kernel, stride, padding, dilation, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation,
+            Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation,
                       groups=C_in, bias=False),
-            nn.Conv2d(C_in, C_out, 1, bias=False),
+            Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -64,8 +66,8 @@ class FactorizedConv(nn.Sequential):
     def __init__(self, C_in, C_out, k, stride, affine=True):
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, (1, k), stride=(1, stride), padding=(0, k // 2), bias=False),
-            nn.Conv2d(C_in, C_out, (k, 1), stride=(stride, 1), padding=(k // 2, 0), bias=False),
+            Conv2d(C_in, C_in, (1, k), stride=(1, stride), padding=(0, k // 2), bias=False),
+            Conv2d(C_in, C_out, (k, 1), stride=(stride, 1), padding=(k // 2, 0), bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
@@ -84,8 +86,8 @@ class FactorizedReduce(nn.Module):
         if C_out % 2:
             raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_1 = Conv2d(C_in, C_out // 2, 1, bias=False)
+        self.conv_2 = Conv2d(C_in, C_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
         # 1 in an atrous backbone (segnet.py): the same weights, the offset branch reading
         # the pixel one down and right, the resolution kept
@@ -120,8 +122,8 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 
 OPS: dict[str, OpFactory] = {
     "none": lambda C, stride, affine: Zero(stride),
-    "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1,
+    "max_pool_3x3": lambda C, stride, affine: MaxPool2d(3, stride=stride, padding=1),
+    "avg_pool_3x3": lambda C, stride, affine: AvgPool2d(3, stride=stride, padding=1,
                                                            count_include_pad=False),
     "skip_connect": _skip,
     "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),

@@ -1,0 +1,152 @@
+"""cpuconv's CPU forms compute what the plain oneDNN calls compute: each op to float rounding
+in float32 (outputs and input and weight gradients, 1e-5), whole super-nets and a target
+network to 1e-12 in float64; and they are really used where they apply, and not elsewhere."""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from entrannas import SuperNet, cpuconv
+from entrannas.evalnet import NetworkCIFAR
+from entrannas.genotype import BUILTINS
+
+TOL = 1e-5
+
+
+@contextlib.contextmanager
+def forms(on: bool):
+    before = cpuconv.ENABLED
+    cpuconv.ENABLED = on
+    try:
+        yield
+    finally:
+        cpuconv.ENABLED = before
+
+
+def _run(f, x, w, go):
+    x = x.clone().requires_grad_()
+    w = None if w is None else w.clone().requires_grad_()
+    y = f(x, w)
+    y.backward(go(y))
+    return [y.detach(), x.grad] + ([] if w is None else [w.grad])
+
+
+def _same(f, x, w=None, tol=TOL):
+    g = torch.Generator().manual_seed(3)
+    go = lambda y: torch.randn(y.shape, generator=g)  # noqa: E731 (one draw per run)
+    with forms(False):
+        ref = _run(f, x, w, go)
+    g.manual_seed(3)
+    with forms(True):
+        new = _run(f, x, w, go)
+    for a, b in zip(ref, new):
+        assert a.shape == b.shape and a.is_contiguous() and b.is_contiguous()
+        assert float((a - b).abs().max()) <= tol * max(1.0, float(a.abs().max()))
+
+
+@pytest.mark.parametrize("groups,c_in,c_out,size", [(1, 4, 4, 32), (1, 64, 32, 16), (5, 4, 4, 14),
+                                                    (2, 8, 16, 7), (14, 16, 16, 8)])
+def test_pointwise_convolutions_match(groups, c_in, c_out, size):
+    x = torch.randn(6, groups * c_in, size, size)
+    w = torch.randn(groups * c_out, c_in, 1, 1)
+    _same(lambda x, w: cpuconv.conv2d(x, w, groups=groups), x, w)
+
+
+@pytest.mark.parametrize("k,dilation,stride", [(3, 1, 1), (5, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2), (5, 2, 2)])
+def test_depthwise_convolutions_match(k, dilation, stride):
+    x = torch.randn(6, 12, 15, 15)
+    w = torch.randn(12, 1, k, k)
+    pad = dilation * (k - 1) // 2
+    _same(lambda x, w: cpuconv.conv2d(x, w, stride, pad, dilation, 12), x, w)
+
+
+def test_other_convolutions_and_strided_views_match():
+    x = torch.randn(4, 8, 12, 12)
+    _same(lambda x, w: cpuconv.conv2d(x, w, 1, 1, 1, 2), x, torch.randn(8, 4, 3, 3))  # grouped 3x3
+    _same(lambda x, w: cpuconv.conv2d(x, w, 2, 0, 1, 1), x, torch.randn(6, 8, 1, 1))  # strided 1x1
+    # FactorizedReduce's subsampled (non-contiguous) input to a 1x1 convolution
+    _same(lambda x, w: cpuconv.conv2d(x[:, :, 1::2, 1::2], w), x, torch.randn(6, 8, 1, 1))
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("channels,stride", [(4, 1), (16, 1), (16, 2)])
+def test_pools_match(kind, channels, stride):
+    x = torch.randn(6, channels, 15, 15)
+    _same(lambda x, w: cpuconv.pool_3x3(kind, x, stride), x)
+    pool = cpuconv.MaxPool2d(3, stride, 1) if kind == "max" else cpuconv.AvgPool2d(3, stride, 1, count_include_pad=False)
+    _same(lambda x, w: pool(x), x)
+
+
+def _grads(net, x, y):
+    net.zero_grad()
+    out = net(x)
+    out = out[0] if isinstance(out, tuple) else out
+    F.cross_entropy(out, y).backward()
+    return [out.detach()] + [p.grad.clone() for p in net.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("method", ["entrannas", "dst", "darts", "pcdarts"])
+def test_whole_super_nets_match_in_float64(method):
+    # float32 whole-net gradients can differ more than a single op's: a rounding-level change
+    # flips a max pool's argmax here and there, routing that pixel's gradient elsewhere. In
+    # float64 no flip happens, so the two forms must agree to the last digits.
+    torch.manual_seed(0)
+    net = SuperNet(method=method, C=8, layers=5, num_classes=10).double()
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    with forms(False):
+        ref = _grads(net, x, y)
+    with forms(True):
+        new = _grads(net, x, y)
+    assert len(ref) == len(new) > 50
+    for a, b in zip(ref, new):
+        assert float((a - b).abs().max()) <= 1e-12 * max(1.0, float(a.abs().max()))
+
+
+def test_a_target_network_matches_in_float64():
+    torch.manual_seed(0)
+    net = NetworkCIFAR(C=8, num_classes=10, layers=5, auxiliary=False, genotype=BUILTINS["DARTS_V2"]).double()
+    net.drop_path_prob = 0.0
+    x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    with forms(False):
+        ref = _grads(net, x, y)
+    with forms(True):
+        new = _grads(net, x, y)
+    for a, b in zip(ref, new):
+        assert float((a - b).abs().max()) <= 1e-12 * max(1.0, float(a.abs().max()))
+
+
+def _ops(f) -> dict[str, int]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        f()
+    counts: dict[str, int] = {}
+    for e in prof.events():
+        counts[e.name] = counts.get(e.name, 0) + 1
+    return counts
+
+
+def test_the_forms_are_used_on_nchw_cpu_maps_only():
+    x, w1, wd = torch.randn(2, 8, 8, 8), torch.randn(8, 8, 1, 1), torch.randn(8, 1, 3, 3)
+    on = _ops(lambda: cpuconv.conv2d(x, w1))
+    assert "aten::matmul" in on and "aten::convolution" not in on
+    with forms(False):
+        assert "aten::convolution" in _ops(lambda: cpuconv.conv2d(x, w1))
+    # a map the run keeps channels_last goes to the plain call and stays channels_last
+    xl = x.contiguous(memory_format=torch.channels_last)
+    assert "aten::convolution" in _ops(lambda: cpuconv.conv2d(xl, w1))
+    assert cpuconv.conv2d(xl, wd, 1, 1, 1, 8).is_contiguous(memory_format=torch.channels_last)
+    # the depthwise form convolves a channels_last copy and hands back an NCHW map
+    y = cpuconv.conv2d(x, wd, 1, 1, 1, 8)
+    assert y.is_contiguous() and torch.equal(y, F.conv2d(x, wd, None, 1, 1, 1, 8))
+
+
+def test_traced_models_keep_their_convolutions():
+    conv = cpuconv.Conv2d(8, 4, 1, bias=False)
+    x = torch.randn(2, 8, 6, 6)
+    traced = torch.jit.trace(conv, x)
+    assert "aten::_convolution" in str(traced.graph) and "matmul" not in str(traced.graph)
+    assert traced(torch.randn(3, 8, 6, 6)).shape == (3, 4, 6, 6)
+    assert torch.allclose(traced(x), conv(x), atol=1e-6)
+    # the state dict is nn.Conv2d's, so checkpoints of either load into the other
+    assert list(conv.state_dict()) == list(torch.nn.Conv2d(8, 4, 1, bias=False).state_dict()) == ["weight"]
