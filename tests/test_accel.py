@@ -104,33 +104,34 @@ def test_search_epoch_benchmark_reports_the_paper_setting(tmp_path):
 
 
 _FAULTS = """
-import resource, sys, torch
-torch.set_num_threads(1)
-from entrannas import SuperNet, accel
-from entrannas.search import search_step
+import gc, resource, sys, torch
+from entrannas import accel
 if sys.argv[1] == "retain":
     assert accel.retain_freed_memory()
-torch.manual_seed(0)
-net = SuperNet(C=8, layers=5, num_classes=10, in_channels=1, bottleneck=2)
-w = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9)
-a = torch.optim.Adam(net.arch_parameters(), lr=0.03)
-batch = (torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,)))
-for _ in range(5):  # the heap grows to the step's peak
-    search_step(net, w, a, batch, batch)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
-    search_step(net, w, a, batch, batch)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+
+def step():  # a step's worth of large activations, made, used and freed
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    xs = [torch.ones(1 << 20) for _ in range(16)]  # 16 x 4 MiB
+    del xs
+    gc.collect()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+print(sum([step() for _ in range(4)][1:]))
 """
 
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="not glibc")
-def test_a_search_step_reuses_its_memory_instead_of_page_faulting_it_in_again():
-    # Fresh processes: the malloc settings are process-wide. With glibc's defaults the freed
-    # activations go back to the system and each step faults them in again (about 2,000 page
-    # faults a step here); the search keeps them, so a steady step faults few (often none).
+def test_freed_activations_stay_in_the_heap_for_the_next_step():
+    # Fresh processes: the malloc settings are process-wide. glibc by default maps the first
+    # large blocks with mmap and gives them back when freed, and trims the heap when much of its
+    # top is free, so the next step faults the same 64 MiB in again (16,000 page faults); with the
+    # memory retained it is reused (at most the 1,024 pages beyond the first 64 MiB of padding).
+    # A real search step's faults depend on heap fragmentation from run to run, which is why the
+    # mechanism is tested here and the step's time is measured in benchmarks/RESULTS.md.
     import subprocess
     import sys
     faults = {how: int(subprocess.run([sys.executable, "-c", _FAULTS, how], check=True, capture_output=True,
                                       text=True).stdout.split()[-1]) for how in ("default", "retain")}
-    assert faults["retain"] * 3 < faults["default"], faults
+    assert faults["retain"] <= 1100 and faults["default"] >= 16000, faults
