@@ -40,42 +40,122 @@ def _pair(v) -> tuple[int, int]:
 def _nchw_cpu(x: torch.Tensor) -> bool:
     """A float map on the CPU that is not channels_last (a strided view counts: the forms
     below copy it, as oneDNN does). Not while a graph is traced or compiled, so exported
-    models (export.py) keep their convolutions and pools."""
+    models (export.py) keep their convolutions and pools, and not under CPU autocast (bf16),
+    whose casts the plain calls make."""
     return ENABLED and x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point() and \
         (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)) and \
-        not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+        not torch.jit.is_tracing() and not torch.compiler.is_compiling() and \
+        not torch.is_autocast_enabled("cpu")
 
 
-def _via_channels_last(fn, x: torch.Tensor, stride) -> torch.Tensor:
-    """fn (a pool) on a channels_last copy of an NCHW map of 8 or more channels at stride 1,
-    the result NCHW."""
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+# The forms are autograd Functions rather than plain compositions, for two reasons measured on
+# the EnTranNAS step at batch 64: a composed `x.contiguous(channels_last)` hands its
+# channels_last gradient on to the op before it (a ReLU), whose backward then mixes formats
+# and took 2.3 ms a call against 0.2; and the composed forms saved their copies and
+# intermediate products for the backward, raising the step's peak memory from 1.01 to 1.27 GiB.
+# Each Function below saves what the plain call saves (or less) and hands back NCHW gradients.
+
+
+class _Pointwise(torch.autograd.Function):
+    """A stride-1, unpadded 1x1 convolution as one product per group: [G, Co, Ci] @
+    [B, G, Ci, HW], batched over B x G."""
+
+    @staticmethod
+    def forward(ctx, x, w, groups):
+        B, _, H, W = x.shape
+        G, Co, Ci = groups, w.shape[0] // groups, w.shape[1]
+        ctx.save_for_backward(x, w)
+        ctx.groups = groups
+        return torch.matmul(w.reshape(G, Co, Ci), x.reshape(B, G, Ci, H * W)).reshape(B, G * Co, H, W)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        B, _, H, W = x.shape
+        G, Co, Ci = ctx.groups, w.shape[0] // ctx.groups, w.shape[1]
+        gy = gy.reshape(B, G, Co, H * W)
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            gx = torch.matmul(w.reshape(G, Co, Ci).transpose(1, 2), gy).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            gw = torch.matmul(gy, x.reshape(B, G, Ci, H * W).transpose(2, 3)).sum(0).reshape(w.shape)
+        return gx, gw, None
+
+
+class _Depthwise(torch.autograd.Function):
+    """A stride-1 depthwise convolution over a channels_last copy. Saves the NCHW input (which
+    the op before it, a ReLU, keeps anyway) and copies it again in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, w, padding, dilation):
+        ctx.save_for_backward(x, w)
+        ctx.conf = padding, dilation
+        return F.conv2d(_cl(x), w, None, 1, padding, dilation, x.shape[1]).contiguous()
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        padding, dilation = ctx.conf
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            _cl(gy), _cl(x), w, None, (1, 1), padding, dilation, False, (0, 0), x.shape[1],
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
+        return (None if gx is None else gx.contiguous()), gw, None, None
+
+
+class _Pool(torch.autograd.Function):
+    """A stride-1 3x3 pool (padding 1) over a channels_last copy. Its backward needs only the
+    input's shape (and the max's indices), so the copy is not kept."""
+
+    @staticmethod
+    def forward(ctx, x, kind):
+        ctx.kind, ctx.shape = kind, x.shape
+        if kind == "max":
+            y, idx = F.max_pool2d(_cl(x), 3, 1, 1, return_indices=True)
+            ctx.save_for_backward(idx)
+        else:
+            y = F.avg_pool2d(_cl(x), 3, 1, 1, count_include_pad=False)
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, gy):
+        like = torch.empty(ctx.shape, dtype=gy.dtype, memory_format=torch.channels_last)  # shape only
+        if ctx.kind == "max":
+            (idx,) = ctx.saved_tensors
+            gx = torch.ops.aten.max_pool2d_with_indices_backward(_cl(gy), like, (3, 3), (1, 1), (1, 1), (1, 1),
+                                                                 False, idx)
+        else:
+            gx = torch.ops.aten.avg_pool2d_backward(_cl(gy), like, (3, 3), (1, 1), (1, 1), False, False, None)
+        return gx.contiguous(), None
+
+
+def _pool_form(x: torch.Tensor, stride, kind: str, plain):
+    """`_Pool` for a stride-1 3x3 pool of an NCHW map of 8 or more channels, else `plain(x)`."""
     if _nchw_cpu(x) and x.shape[1] >= 8 and stride in (1, (1, 1)):
-        return fn(x.contiguous(memory_format=torch.channels_last)).contiguous()
-    return fn(x)
+        return _Pool.apply(x, kind)
+    return plain(x)
 
 
 def conv2d(x: torch.Tensor, w: torch.Tensor, stride=1, padding=0, dilation=1, groups: int = 1) -> torch.Tensor:
     """F.conv2d without a bias, in the fastest equivalent form for the map (module docstring)."""
     if _nchw_cpu(x):
-        stride, padding = _pair(stride), _pair(padding)
-        B, C, H, W = x.shape
+        stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+        C = x.shape[1]
         if w.shape[-2:] == (1, 1) and stride == (1, 1) and padding == (0, 0):
-            # One product per group: [G, Co, Ci] @ [B, G, Ci, HW], batched over B x G.
-            G, Co, Ci = groups, w.shape[0] // groups, w.shape[1]
-            y = torch.matmul(w.reshape(G, Co, Ci), x.reshape(B, G, Ci, H * W))
-            return y.reshape(B, G * Co, H, W)
+            return _Pointwise.apply(x, w, groups)
         if groups == C == w.shape[0] and w.shape[1] == 1 and stride == (1, 1) and C > 1:
-            y = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, stride,
-                         padding, dilation, groups)
-            return y.contiguous()
+            return _Depthwise.apply(x, w, padding, dilation)
     return F.conv2d(x, w, None, stride, padding, dilation, groups)
 
 
 def pool_3x3(kind: str, x: torch.Tensor, stride: int) -> torch.Tensor:
     """DARTS' max_pool_3x3 / avg_pool_3x3 (padding 1, the average not counting the padding)."""
     if kind == "max":
-        return _via_channels_last(lambda t: F.max_pool2d(t, 3, stride, 1), x, stride)
-    return _via_channels_last(lambda t: F.avg_pool2d(t, 3, stride, 1, count_include_pad=False), x, stride)
+        return _pool_form(x, stride, kind, lambda t: F.max_pool2d(t, 3, stride, 1))
+    return _pool_form(x, stride, kind, lambda t: F.avg_pool2d(t, 3, stride, 1, count_include_pad=False))
 
 
 class Conv2d(nn.Conv2d):
@@ -87,15 +167,25 @@ class Conv2d(nn.Conv2d):
         return conv2d(x, weight, self.stride, self.padding, self.dilation, self.groups)
 
 
+def _darts_pool(pool) -> bool:
+    """A 3x3 pool with padding 1, stride 1 (the one the forms cover), DARTS' settings."""
+    return _pair(pool.kernel_size) == (3, 3) and _pair(pool.padding) == (1, 1) and not pool.ceil_mode and \
+        _pair(pool.stride) == (1, 1)
+
+
 class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d, pooling a channels_last copy of a wide enough NCHW map on a CPU."""
 
     def forward(self, x):
-        return _via_channels_last(super().forward, x, self.stride)
+        if _darts_pool(self) and _pair(self.dilation) == (1, 1) and not self.return_indices:
+            return _pool_form(x, 1, "max", super().forward)
+        return super().forward(x)
 
 
 class AvgPool2d(nn.AvgPool2d):
     """nn.AvgPool2d, pooling a channels_last copy of a wide enough NCHW map on a CPU."""
 
     def forward(self, x):
-        return _via_channels_last(super().forward, x, self.stride)
+        if _darts_pool(self) and not self.count_include_pad and self.divisor_override is None:
+            return _pool_form(x, 1, "avg", super().forward)
+        return super().forward(x)
