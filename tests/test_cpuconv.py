@@ -129,7 +129,7 @@ def _ops(f) -> dict[str, int]:
 def test_the_forms_are_used_on_nchw_cpu_maps_only():
     x, w1, wd = torch.randn(2, 8, 8, 8), torch.randn(8, 8, 1, 1), torch.randn(8, 1, 3, 3)
     on = _ops(lambda: cpuconv.conv2d(x, w1))
-    assert "aten::matmul" in on and "aten::convolution" not in on
+    assert "aten::bmm" in on and "aten::convolution" not in on
     with forms(False):
         assert "aten::convolution" in _ops(lambda: cpuconv.conv2d(x, w1))
     # a map the run keeps channels_last goes to the plain call and stays channels_last
