@@ -4,8 +4,8 @@ A search cell's ops run on maps of 4 to 64 channels (C=16 with the bottleneck of
 where oneDNN's NCHW kernels on a CPU are slow:
 
 * a 1x1 convolution (every op's pointwise half, the cells' preprocessing, FactorizedReduce)
-  costs up to 30x what the same product costs as a batched matrix product: [64, 4, 32, 32]
-  with a [4, 4] kernel took 5.6 ms forward and backward against 0.18 ms as a batched matrix product;
+  costs up to 30x what the same arithmetic costs as a batched matrix product: [64, 4, 32, 32]
+  with a [4, 4] kernel took 5.6 ms forward and backward against 0.18 ms as products;
 * a stride-1 depthwise convolution's backward is 3 to 5x slower on an NCHW map than on the
   same map in channels_last, even counting the two copies: [64, 4, 32, 32], 5x5: 9.4 against
   3.2 ms. At stride 2 the copies cost more than they save, so strided ones stay as they are;
