@@ -10,9 +10,15 @@ both optimisers).
     python benchmarks/search_step.py --batch 64 --steps 5 --configs darts bottleneck
     python benchmarks/search_step.py --batch 64 --peers /path/to/peers
     python benchmarks/search_step.py --batch 64 --configs bottleneck --default-malloc  # glibc as is
+    python benchmarks/search_step.py --batch 64 --configs bottleneck --plain-convs     # no cpuconv forms
+    python benchmarks/search_step.py --batch 64 --peers DIR --rounds 3   # interleaved, median of 3
 
 entrannas' steps run as the search runs them, with the heap keeping freed memory
 (`accel.retain_freed_memory`); `--default-malloc` leaves glibc's defaults, as the peers run.
+They run with the CPU forms of `entrannas.cpuconv`; `--plain-convs` turns those off (oneDNN's
+NCHW calls, as the peers run). This machine's speed drifts by 20-30% over minutes, so
+`--rounds N` runs every configuration's process N times, interleaved (all configurations, then
+all again), and reports each one's median over the rounds (time and memory alike).
 
 `--peers DIR` also times the official DARTS and PC-DARTS search networks, side by side, from
 DIR/darts/ and DIR/pcdarts/ (each holding the official model_search.py, operations.py and
@@ -109,9 +115,12 @@ def _peer_step(name: str, peers: str):
 
 
 def run_one(name: str, batch: int, steps: int, warmup: int, threads: int | None, peers: str | None,
-            ops: bool, default_malloc: bool = False) -> dict:
+            ops: bool, default_malloc: bool = False, plain_convs: bool = False) -> dict:
     import torch
 
+    if plain_convs:
+        from entrannas import cpuconv
+        cpuconv.ENABLED = False
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -145,34 +154,47 @@ def main(argv=None):
     ap.add_argument("--ops", action="store_true", help="also count top-level aten ops per step")
     ap.add_argument("--default-malloc", action="store_true",
                     help="entrannas with glibc's default malloc thresholds (the search keeps freed memory)")
+    ap.add_argument("--plain-convs", action="store_true",
+                    help="entrannas without the CPU forms of entrannas.cpuconv (oneDNN's NCHW calls)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run every configuration N times, interleaved; report the medians")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one:
         print(json.dumps(run_one(args._one, args.batch[0], args.steps, args.warmup, args.threads,
-                                 args.peers, args.ops, args.default_malloc)))
+                                 args.peers, args.ops, args.default_malloc, args.plain_convs)))
         return
     labels = {**LABELS, **PEERS}
     names = (list(PEERS) if args.peers else []) + args.configs
+    runs: dict[tuple[int, str], list[dict]] = {}
+    for rnd in range(args.rounds):
+        for batch in args.batch:
+            for name in names:
+                cmd = [sys.executable, __file__, "--_one", name, "--batch", str(batch),
+                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                if args.threads:
+                    cmd += ["--threads", str(args.threads)]
+                if args.peers:
+                    cmd += ["--peers", os.path.abspath(args.peers)]
+                for flag in ("ops", "default_malloc", "plain_convs"):
+                    if getattr(args, flag):
+                        cmd += ["--" + flag.replace("_", "-")]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                row = json.loads(out.strip().splitlines()[-1])
+                runs.setdefault((batch, name), []).append(row)
+                extra = f"  {row['top_level_ops']:6d} ops" if "top_level_ops" in row else ""
+                tag = f"round {rnd + 1}  " if args.rounds > 1 else ""
+                print(f"{tag}batch {batch:4d}  {labels[name]:26s} {row['median_s']:8.3f} s/step  "
+                      f"{row['peak_mem_gib']:6.2f} GiB{extra}", flush=True)
     rows = []
-    for batch in args.batch:
-        for name in names:
-            cmd = [sys.executable, __file__, "--_one", name, "--batch", str(batch),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            if args.peers:
-                cmd += ["--peers", os.path.abspath(args.peers)]
-            if args.ops:
-                cmd += ["--ops"]
-            if args.default_malloc:
-                cmd += ["--default-malloc"]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            row = json.loads(out.strip().splitlines()[-1])
-            rows.append(row)
-            extra = f"  {row['top_level_ops']:6d} ops" if "top_level_ops" in row else ""
-            print(f"batch {batch:4d}  {labels[name]:26s} {row['median_s']:8.3f} s/step  "
-                  f"{row['peak_mem_gib']:6.2f} GiB{extra}", flush=True)
+    for (batch, name), rs in runs.items():
+        row = dict(rs[-1])
+        if len(rs) > 1:
+            row.update(median_s=statistics.median(r["median_s"] for r in rs),
+                       peak_mem_gib=statistics.median(r["peak_mem_gib"] for r in rs),
+                       rounds=[{k: r[k] for k in ("median_s", "peak_mem_gib")} for r in rs])
+        rows.append(row)
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch threads {rows[0]['threads']}")
     base_name = "official-darts" if args.peers else "darts"
     print(f"\n(ratios against {labels[base_name]} at the same batch)")
