@@ -161,7 +161,7 @@ def _form_cases():
 @pytest.mark.parametrize("case", range(4))
 def test_the_forms_hand_nchw_gradients_back(case):
     # The op before a form (a ReLU) gets an NCHW gradient: a channels_last one beside its NCHW
-    # saved output sends its backward down oneDNN's slow mixed-format path.
+    # saved output makes its backward mix layouts, which is slower.
     f, x = _form_cases()[case]
     seen = []
     x = x.clone().requires_grad_()
@@ -174,7 +174,7 @@ def test_the_forms_hand_nchw_gradients_back(case):
 @pytest.mark.parametrize("case", range(4))
 def test_the_forms_save_no_more_for_the_backward_than_the_plain_calls(case):
     # Their channels_last copies are made again in the backward, not kept: at batch 64 the
-    # kept copies had raised the EnTranNAS step's peak memory from 1.01 to 1.27 GiB.
+    # kept copies had raised the EnTranNAS step's peak memory from 1.02 to 1.22 GiB.
     f, x = _form_cases()[case]
 
     def saved_bytes() -> int:

@@ -55,9 +55,10 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
 # The forms are autograd Functions rather than plain compositions, for two reasons measured on
 # the EnTranNAS step at batch 64: a composed `x.contiguous(channels_last)` hands its
 # channels_last gradient on to the op before it (a ReLU), whose backward then mixes formats
-# and took 2.3 ms a call against 0.2; and the composed forms saved their copies and
-# intermediate products for the backward, raising the step's peak memory from 1.01 to 1.27 GiB
-# (1.15 with these).
+# (elementwise backwards slow down when a gradient and the saved tensor differ in layout);
+# and the composed forms saved their copies and
+# intermediate products for the backward, raising the step's peak memory from 1.02 to 1.22 GiB
+# (1.17 with these; benchmarks/RESULTS.md).
 # Each Function below saves what the plain call saves (or less) and hands back NCHW gradients.
 
 
