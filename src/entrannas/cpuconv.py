@@ -13,7 +13,7 @@ where oneDNN's NCHW kernels on a CPU are slow:
   channels_last map ([64, 64, 16, 16]: 16.7 against 7.5 ms with the copies); at stride 2
   the copies cost more again.
 
-So on a CPU, for a float NCHW map, `conv2d` runs 1x1 convolutions as `bmm` and stride-1
+So on a CPU, for a float NCHW map, `conv2d` runs stride-1 1x1 convolutions as `bmm` and stride-1
 depthwise convolutions over a channels_last copy, and `pool_3x3` pools a channels_last copy;
 outputs come back NCHW. Only the order of sums changes: in float64 a whole super-net's
 outputs and gradients agree with the plain calls to 1e-12, in float32 each op's to float
@@ -52,14 +52,13 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last)
 
 
-# The forms are autograd Functions rather than plain compositions, for two reasons measured on
-# the EnTranNAS step at batch 64: a composed `x.contiguous(channels_last)` hands its
-# channels_last gradient on to the op before it (a ReLU), whose backward then mixes formats
-# (elementwise backwards slow down when a gradient and the saved tensor differ in layout);
-# and the composed forms saved their copies and
-# intermediate products for the backward, raising the step's peak memory from 1.02 to 1.22 GiB
-# (1.17 with these; benchmarks/RESULTS.md).
-# Each Function below saves what the plain call saves (or less) and hands back NCHW gradients.
+# The forms are autograd Functions rather than compositions of the same calls, for two reasons:
+# a composed `x.contiguous(channels_last)` hands its channels_last gradient on to the op before
+# it (a ReLU), whose backward then mixes layouts (elementwise backwards slow down when a
+# gradient and the saved tensor differ in layout); and the composed forms saved their copies
+# for the backward, raising the EnTranNAS step's peak memory at batch 64 from 1.02 to 1.22 GiB
+# (1.17 with these; benchmarks/RESULTS.md). Each Function below saves what the plain call saves
+# (or less) and hands back NCHW gradients.
 
 
 def _per_sample(w: torch.Tensor, B: int) -> torch.Tensor:
@@ -71,8 +70,7 @@ def _per_sample(w: torch.Tensor, B: int) -> torch.Tensor:
 
 class _Pointwise(torch.autograd.Function):
     """A stride-1, unpadded 1x1 convolution as one product per sample and group: bmm of
-    [B x G, Co, Ci] with [B x G, Ci, HW] (`matmul` of the 4-d forms allocated more: the step's
-    peak rose by a tenth)."""
+    [B x G, Co, Ci] with [B x G, Ci, HW] (`matmul` of the 4-d forms allocated more)."""
 
     @staticmethod
     def forward(ctx, x, w, groups):
