@@ -293,3 +293,45 @@ def test_a_weight_step_with_shared_or_broadcast_gradients_is_the_plain_clipped_s
     ref_opt.step()
     for a, b in zip(ours.weight_parameters(), ref.weight_parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_the_architecture_step_keeps_no_tensor_for_weight_gradients_nor_past_its_own_update():
+    """Peak memory: the architecture forward saves what alpha/beta's gradients need and no
+    input kept for a weight gradient, and what its partial backward left unused (the stem, the
+    first cell's ops) is released before the weight step's forward."""
+    import weakref
+
+    from entrannas.optim import optimizer_options
+    from entrannas.search import search_step
+    from entrannas.supernet import SuperNet
+
+    torch.manual_seed(0)
+    net = SuperNet(method="entrannas", C=8, layers=5, num_classes=10, in_channels=1)
+    w = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, **optimizer_options(torch.device("cpu")))
+    a = torch.optim.Adam(net.arch_parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(1)
+    val, train = [(torch.randn(16, 1, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g))
+                  for _ in range(2)]
+    # Module tensors and the plans' index tensors outlive any step by design.
+    params = {id(p) for p in net.parameters()} | {id(b) for b in net.buffers()}
+    saved = [[], []]  # per forward: (weak reference, bytes) of each tensor autograd saved
+    alive_at_weight_forward = []
+
+    def pack(t):
+        if t.is_floating_point() and id(t) not in params and t is not val[0] and t is not train[0]:
+            saved[len(calls) - 1].append((weakref.ref(t), t.numel() * t.element_size()))
+        return t
+
+    calls = []
+
+    def pre_forward(module, args):
+        calls.append(1)
+        if len(calls) == 2:
+            alive_at_weight_forward.extend(r for r, _ in saved[0] if r() is not None)
+
+    net.register_forward_pre_hook(pre_forward)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        search_step(net, w, a, train, val)
+    arch_bytes, weight_bytes = (sum(n for _, n in s) for s in saved)
+    assert arch_bytes < 0.75 * weight_bytes, (arch_bytes, weight_bytes)
+    assert not [tuple(r().shape) for r in alive_at_weight_forward]

@@ -76,20 +76,21 @@ class _Pointwise(torch.autograd.Function):
     def forward(ctx, x, w, groups):
         B, _, H, W = x.shape
         G, Co, Ci = groups, w.shape[0] // groups, w.shape[1]
-        ctx.save_for_backward(x, w)
-        ctx.groups = groups
+        # The input only serves the weight's gradient (none in the architecture step).
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w)
+        ctx.groups, ctx.shape = groups, x.shape
         y = torch.bmm(_per_sample(w.reshape(G, Co, Ci), B), x.reshape(B * G, Ci, H * W))
         return y.view(B, G * Co, H, W)
 
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        B, _, H, W = x.shape
+        B, _, H, W = ctx.shape
         G, Co, Ci = ctx.groups, w.shape[0] // ctx.groups, w.shape[1]
         gy = gy.reshape(B * G, Co, H * W)
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = torch.bmm(_per_sample(w.reshape(G, Co, Ci).transpose(1, 2), B), gy).view(x.shape)
+            gx = torch.bmm(_per_sample(w.reshape(G, Co, Ci).transpose(1, 2), B), gy).view(ctx.shape)
         if ctx.needs_input_grad[1]:
             gw = torch.bmm(gy, x.reshape(B * G, Ci, H * W).transpose(1, 2))
             gw = gw.view(B, G * Co, Ci).sum(0).view(w.shape)

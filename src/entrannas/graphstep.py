@@ -226,7 +226,7 @@ class GraphedSearchStep:
     # -- the phases: device work only, no host synchronisation ----------------------------
     def _arch_phase(self, sel, x, y):
         net = self.net
-        with net.given_selection(sel):
+        with net.given_selection(sel), net.weights_frozen():  # as search_step
             loss = F.cross_entropy(net(x), y) + net.dst_regulariser()
         grads = torch.autograd.grad(loss, self.arch, allow_unused=True)
         # Every alpha/beta feeds an Engine-cell, so none is unused in practice; a zero keeps

@@ -197,6 +197,21 @@ class SuperNet(nn.Module):
         arch = set(self._arch_names())
         return [p for n, p in self.named_parameters() if n not in arch]
 
+    @contextlib.contextmanager
+    def weights_frozen(self):
+        """Forwards inside record nothing for the weights' gradients (the architecture step
+        asks only for alpha/beta's): a convolution then keeps no input for its weight gradient
+        and its backward computes none. The values are the same; BatchNorm statistics update
+        as usual."""
+        weights = [p for p in self.weight_parameters() if p.requires_grad]
+        for p in weights:
+            p.requires_grad_(False)
+        try:
+            yield self
+        finally:
+            for p in weights:
+                p.requires_grad_(True)
+
     def alpha(self, cell_type: str) -> nn.Parameter:
         return getattr(self, f"alpha_{cell_type}")
 
