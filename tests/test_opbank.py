@@ -259,3 +259,27 @@ def test_transit_plans_are_cached_and_bounded():
     second = plan_cache_info()
     assert second["misses"] == first["misses"]  # nothing new: every plan was a hit
     assert second["hits"] > first["hits"]
+
+
+@pytest.mark.parametrize("method", ["darts", "entrannas", "dst", "pcdarts"])
+def test_no_tensor_is_relu_d_twice_in_a_forward(method):
+    """Each cell output feeds the next two cells, whose preprocessing both start with a ReLU:
+    the super-net computes that ReLU once (and, within a cell, one per ready point)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Relus(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.inputs = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.relu.default, torch.ops.aten.clamp_min.default):
+                x = args[0]
+                self.inputs.append((x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape)))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    net = SuperNet(method=method, C=16 if method == "pcdarts" else 8, layers=5)
+    with Relus() as seen:
+        net(torch.randn(2, 3, 16, 16)).sum().backward()
+    assert seen.inputs and len(set(seen.inputs)) == len(seen.inputs)

@@ -451,6 +451,16 @@ def _engine_mixes(point: Point, blocks, n_ops, pad, device) -> None:
     point.mixes.append(Mix(tuple(targets), index))
 
 
+def _preprocess(layer: nn.Module, s: torch.Tensor, activated: bool) -> torch.Tensor:
+    """A cell input's preprocessing (ReLU, 1x1 conv or FactorizedReduce, BN), skipping the ReLU
+    when the input is already ReLU'd."""
+    if not activated:
+        return layer(s)
+    if isinstance(layer, FactorizedReduce):
+        return layer.reduce(s)
+    return layer[2](layer[1](s))  # ReLUConvBN: ReLU, conv, BN
+
+
 # -- the cell --------------------------------------------------------------------------------
 class BankedCell(nn.Module):
     """A search cell whose ops live in banks; computes what cells.SearchCell computes.
@@ -484,9 +494,10 @@ class BankedCell(nn.Module):
 
     # -- the two modes ----------------------------------------------------------------------
     def forward_engine(self, s0, s1, coeff: torch.Tensor, active: list[list[int]],
-                       edge_weight: torch.Tensor | None = None):
+                       edge_weight: torch.Tensor | None = None, activated: bool = False):
         """Engine-cell (eqs. 1 and 6), batched; see cells.SearchCell.forward_engine. With
-        PC-DARTS' edge weights an edge's ops and its bypass are both scaled by its weight."""
+        PC-DARTS' edge weights an edge's ops and its bypass are both scaled by its weight.
+        `activated`: s0 and s1 are already ReLU'd (the preprocessing's first step)."""
         if self.feature_sharing:
             want = [sorted({k for j in range(max(i + 1, 2), 2 + NUM_NODES) for k in active[edge_index(i, j)]})
                     for i in range(1 + NUM_NODES)]
@@ -504,19 +515,19 @@ class BankedCell(nn.Module):
         if self.partial_channels > 1:
             w = edge_weight if edge_weight is not None else coeff.new_ones(len(EDGES))
             flat_w = F.pad(w, (0, 1))
-        return self._run(s0, s1, plan, flat, flat_w)
+        return self._run(s0, s1, plan, flat, flat_w, activated)
 
-    def forward_transit(self, s0, s1, selection: Selection):
+    def forward_transit(self, s0, s1, selection: Selection, activated: bool = False):
         """Transit-cell (eq. 6), batched: only the selected (source, op) pairs run, once each."""
         pairs = tuple((m + 2, i, k) for m, node in enumerate(selection) for i, k in node)
         edges = (tuple(sorted({(i, m + 2) for m, node in enumerate(selection) for i, _ in node}))
                  if self.partial_channels > 1 else None)
         plan = get_plan(self.feature_sharing, len(self.op_names), False, pairs, s0.device, edges)
-        return self._run(s0, s1, plan, None, None)
+        return self._run(s0, s1, plan, None, None, activated)
 
     # -- shared machinery -------------------------------------------------------------------
-    def _run(self, s0, s1, plan: Plan, flat_coeff, flat_w):
-        x = [self.preprocess0(s0), self.preprocess1(s1)]
+    def _run(self, s0, s1, plan: Plan, flat_coeff, flat_w, activated: bool = False):
+        x = [_preprocess(self.preprocess0, s0, activated), _preprocess(self.preprocess1, s1, activated)]
         states = list(x)
         acc: dict[int, torch.Tensor] = {}
         rest: dict[int, torch.Tensor] = {}  # partial channels: the bypassed part of each node

@@ -94,7 +94,11 @@ class FactorizedReduce(nn.Module):
         self.stride = 2
 
     def forward(self, x):
-        x = self.relu(x)
+        return self.reduce(self.relu(x))
+
+    def reduce(self, x):
+        """The layer on an input that is already ReLU'd (the super-net ReLUs each cell's output
+        once for the two cells that read it)."""
         s = self.stride
         even, odd = x[:, :, ::s, ::s], x[:, :, 1::s, 1::s]
         if odd.shape[-2:] != even.shape[-2:]:

@@ -314,14 +314,21 @@ class SuperNet(nn.Module):
         else:
             s0 = self.stem0(x)
             s1 = self.stem1(s0)
+        # Every cell's preprocessing starts with a ReLU of its inputs, and each cell output is
+        # the input of the next two cells: the banked cells take it ReLU'd once, which saves a
+        # ReLU, its backward and its saved output per cell (docs/design.md).
+        shared = self.batched
+        if shared:
+            s0, s1 = (torch.relu(s0),) * 2 if s0 is s1 else (torch.relu(s0), torch.relu(s1))
         for c, cell in enumerate(self.cells):
             t = "reduce" if cell.reduction else "normal"
+            extra = {"activated": True} if shared else {}
             if child or c not in self.engine_cells:
-                out = cell.forward_transit(s0, s1, state.selection[t])
+                out = cell.forward_transit(s0, s1, state.selection[t], **extra)
             else:
                 out = cell.forward_engine(s0, s1, state.coeff[t], state.active[t],
-                                          state.edge_weight.get(t))
-            s0, s1 = s1, out
+                                          state.edge_weight.get(t), **extra)
+            s0, s1 = s1, (torch.relu(out) if shared and c + 1 < len(self.cells) else out)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def has_transit(self) -> bool:
