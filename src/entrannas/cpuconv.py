@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["conv2d", "pool_3x3", "Conv2d", "MaxPool2d", "AvgPool2d", "ENABLED"]
+__all__ = ["conv2d", "pool_3x3", "batch_norm", "Conv2d", "MaxPool2d", "AvgPool2d", "ENABLED"]
 
 ENABLED = True
 
@@ -141,6 +141,65 @@ class _Pool(torch.autograd.Function):
         else:
             gx = torch.ops.aten.avg_pool2d_backward(_cl(gy), like, (3, 3), (1, 1), (1, 1), False, False, None)
         return gx.contiguous(), None
+
+
+class _BatchNorm(torch.autograd.Function):
+    """Affine-free training-mode BatchNorm whose backward gets a contiguous gradient, and which
+    can keep its output instead of its input for the backward.
+
+    ATen's CPU BatchNorm backward takes a serial per-channel loop when the gradient is not
+    contiguous, which it often is here (a channel block of a concatenation's gradient): 2.5 to
+    3.8x slower than on a contiguous copy at the cells' sizes (benchmarks/RESULTS.md). And
+    without an affine transform the normalised output y is x_hat itself, so the backward can
+    read y where the next layer keeps y anyway (a node feeding a 1x1 convolution): the input
+    is then freed. dx = invstd * (dy - mean(dy) - y * mean(dy * y)) is ATen's own backward with
+    y as the input, zero mean, unit invstd and invstd as the weight."""
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, momentum, eps, keep_output):
+        y, mean, invstd = torch.ops.aten.native_batch_norm(x, None, None, running_mean, running_var,
+                                                          True, momentum, eps)
+        ctx.eps, ctx.keep_output = eps, keep_output
+        if keep_output:
+            ctx.save_for_backward(y, invstd)
+        else:
+            ctx.save_for_backward(x, mean, invstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        if not gy.is_contiguous():
+            gy = gy.contiguous()
+        if ctx.keep_output:
+            y, invstd = ctx.saved_tensors
+            zero, one = _constants(invstd)
+            gx = torch.ops.aten.native_batch_norm_backward(gy, y, invstd, None, None, zero, one, True,
+                                                           ctx.eps, [True, False, False])[0]
+        else:
+            x, mean, invstd = ctx.saved_tensors
+            gx = torch.ops.aten.native_batch_norm_backward(gy, x, None, None, None, mean, invstd, True,
+                                                           ctx.eps, [True, False, False])[0]
+        return gx, None, None, None, None, None
+
+
+_CONSTANTS: dict = {}
+
+
+def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeros and ones of like's size, made once per size (never per step)."""
+    key = (like.shape, like.dtype, like.device)
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = (torch.zeros_like(like), torch.ones_like(like))
+    return _CONSTANTS[key]
+
+
+def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               training: bool, momentum: float = 0.1, eps: float = 1e-5, keep_output: bool = False):
+    """F.batch_norm without an affine transform; on a CPU in training, `_BatchNorm` (a
+    contiguous gradient for the backward; `keep_output`: keep y rather than x for it)."""
+    if training and x.requires_grad and _nchw_cpu(x) and x.is_contiguous():
+        return _BatchNorm.apply(x, running_mean, running_var, momentum, eps, keep_output)
+    return F.batch_norm(x, running_mean, running_var, None, None, training, momentum, eps)
 
 
 def _pool_form(x: torch.Tensor, stride, kind: str, plain):

@@ -97,10 +97,12 @@ class Rows:
 
 # -- BatchNorm on stacked statistics ------------------------------------------------------------
 def bank_batch_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, rows: Rows, width: int,
-                    training: bool, momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+                    training: bool, momentum: float = 0.1, eps: float = 1e-5,
+                    keep_output: bool = False) -> torch.Tensor:
     """Affine-free BatchNorm of the rows' channels with the rows' running statistics (updated in
     place for a range, written back for a gather). Under torchrun the statistics cover the
-    global batch, as SyncBatchNorm2d's do."""
+    global batch, as SyncBatchNorm2d's do. `keep_output`: the backward reads the output, which
+    the caller keeps anyway (cpuconv.batch_norm)."""
     rm, rv = rows.take(mean, width), rows.take(var, width)
     # On a CPU, BatchNorm of a channels_last map with few channels is several times slower
     # than of the same map in NCHW (its kernel vectorises over channels); two copies cost less.
@@ -110,7 +112,7 @@ def bank_batch_norm(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, rows
     if training and ddp.active():
         y = ddp.sync_batch_norm(x, rm, rv, None, None, eps, momentum)
     else:
-        y = F.batch_norm(x, rm, rv, None, None, training, momentum, eps)
+        y = cpuconv.batch_norm(x, rm, rv, training, momentum, eps, keep_output)
     if narrow:
         y = y.contiguous(memory_format=torch.channels_last)
     if training and not rows.contiguous:
@@ -169,10 +171,10 @@ class _Segmented(nn.Module):
         groups = w.shape[0] if depthwise else rows.count
         return cpuconv.conv2d(x, w, stride, padding, dilation, groups)
 
-    def _bn(self, name: str, x: torch.Tensor, rows: Rows) -> torch.Tensor:
+    def _bn(self, name: str, x: torch.Tensor, rows: Rows, keep_output: bool = False) -> torch.Tensor:
         s = rows.segment
         return bank_batch_norm(x, getattr(self, f"{name}_mean{s}"), getattr(self, f"{name}_var{s}"),
-                               rows, self.C, self.training, self.bn_momentum)
+                               rows, self.C, self.training, self.bn_momentum, keep_output=keep_output)
 
 
 
@@ -319,8 +321,8 @@ class ProjectionBank(_Segmented):
         self._weight("w", C_out, C_in, 1, 1)
         self._stats("bn")
 
-    def forward(self, x, rows: Rows):
-        return self._bn("bn", self._conv("w", x, rows), rows)
+    def forward(self, x, rows: Rows, keep_output: bool = False):
+        return self._bn("bn", self._conv("w", x, rows), rows, keep_output)
 
 
 # -- plans: what runs at each ready point ------------------------------------------------------
@@ -458,7 +460,17 @@ def _preprocess(layer: nn.Module, s: torch.Tensor, activated: bool) -> torch.Ten
         return layer(s)
     if isinstance(layer, FactorizedReduce):
         return layer.reduce(s)
-    return layer[2](layer[1](s))  # ReLUConvBN: ReLU, conv, BN
+    return _module_batch_norm(layer[2], layer[1](s))  # ReLUConvBN: ReLU, conv, BN
+
+
+def _module_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """An affine-free nn.BatchNorm2d through cpuconv.batch_norm (state updated as the module
+    does it)."""
+    if bn.affine or not bn.track_running_stats or bn.momentum is None or (bn.training and ddp.active()):
+        return bn(x)
+    if bn.training:
+        bn.num_batches_tracked.add_(1)
+    return cpuconv.batch_norm(x, bn.running_mean, bn.running_var, bn.training, bn.momentum, bn.eps)
 
 
 # -- the cell --------------------------------------------------------------------------------
@@ -546,7 +558,9 @@ class BankedCell(nn.Module):
             if k > 1:  # an edge's output is its ops' and its bypass, shuffled in k groups (PC-DARTS)
                 node = channel_shuffle(torch.cat([node, rest.pop(j)], 1), k)
             if self.bottleneck > 1:
-                node = self.expand(node, self._one_row(j - 2, node.device))
+                # The node feeds the next point's squeeze, whose 1x1 convolution keeps it for
+                # its weight gradient: the BatchNorm's backward reads it too, not its input.
+                node = self.expand(node, self._one_row(j - 2, node.device), keep_output=True)
             states.append(node)
         return torch.cat(states[2:], dim=1)
 
