@@ -1,5 +1,6 @@
-"""Small reusable blocks: drop path (stochastic depth per op) for the target networks, and
-the channel shuffle of PC-DARTS' partial-channel connections for the search cells.
+"""Small reusable blocks: drop path (stochastic depth per op) for the target networks, the
+channel shuffle of PC-DARTS' partial-channel connections for the search cells, and the two
+offset samplings of DARTS' FactorizedReduce.
 
 DARTS regularises the retrained network by dropping whole op outputs per sample; the
 training loop raises the probability linearly from 0 to its final value over the epochs.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-__all__ = ["drop_path", "DropPath", "channel_shuffle"]
+__all__ = ["drop_path", "DropPath", "channel_shuffle", "offset_pair"]
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool = True) -> torch.Tensor:
@@ -51,3 +53,61 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     if C % groups:
         raise ValueError(f"channel shuffle: {C} channels do not split into {groups} groups")
     return x.reshape(B, groups, C // groups, H, W).transpose(1, 2).reshape(B, C, H, W)
+
+
+def offset_pair(x: torch.Tensor, stride: int = 2, groups: int = 1) -> torch.Tensor:
+    """FactorizedReduce's two samplings of ``x``: pixels (0, 0), (0, s), ... and the pixels one
+    down and right, (1, 1), (1, 1 + s), ..., the latter zero-padded to the former's size where
+    the map is odd. For each of ``groups`` channel blocks of ``x`` (one per op instance in a
+    bank) the result holds the block's first sampling, then its second: [B, 2 * C, h, w].
+
+    In training its backward writes both gradients into one zero map, where the two slicings'
+    backward made a zero map per slice (four, at full or half size) and added them."""
+    if x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing() \
+            and not torch.compiler.is_compiling():
+        return _OffsetPair.apply(x, stride, groups)
+    return _offset_pair(x, stride, groups)
+
+
+def _offset_pair(x: torch.Tensor, stride: int, groups: int) -> torch.Tensor:
+    B, GC, H, W = x.shape
+    even, odd = x[:, :, ::stride, ::stride], x[:, :, 1::stride, 1::stride]
+    h, w = even.shape[-2:]
+    if odd.shape[-2:] != (h, w):
+        odd = F.pad(odd, (0, w - odd.shape[-1], 0, h - odd.shape[-2]))
+    C = GC // groups
+    return torch.stack([even.reshape(B, groups, C, h, w), odd.reshape(B, groups, C, h, w)], 2).view(B, 2 * GC, h, w)
+
+
+class _OffsetPair(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, stride, groups):
+        B, GC, H, W = x.shape
+        C = GC // groups
+        xs = x.unflatten(1, (groups, C))
+        even, odd = xs[..., ::stride, ::stride], xs[..., 1::stride, 1::stride]
+        h, w = even.shape[-2:]
+        ho, wo = odd.shape[-2:]
+        y = x.new_empty(B, groups, 2, C, h, w)
+        y[:, :, 0].copy_(even)
+        if (ho, wo) != (h, w):
+            y[:, :, 1].zero_()
+        y[:, :, 1, :, :ho, :wo].copy_(odd)
+        ctx.conf = x.shape, stride, groups, (ho, wo)
+        return y.view(B, 2 * GC, h, w)
+
+    @staticmethod
+    def backward(ctx, gy):
+        shape, stride, groups, (ho, wo) = ctx.conf
+        B, GC, H, W = shape
+        C = GC // groups
+        g = gy.reshape(B, groups, 2, C, *gy.shape[-2:])
+        gx = gy.new_zeros(shape)
+        gxs = gx.view(B, groups, C, H, W)
+        gxs[..., ::stride, ::stride].copy_(g[:, :, 0])
+        odd = gxs[..., 1::stride, 1::stride]
+        if stride > 1:  # the samplings read disjoint pixels
+            odd.copy_(g[:, :, 1, :, :ho, :wo])
+        else:
+            odd.add_(g[:, :, 1, :, :ho, :wo])
+        return gx, None, None

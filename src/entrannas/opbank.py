@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from . import cpuconv
 from . import distributed as ddp
 from .arch import EDGES, NUM_NODES, Selection, edge_index
-from .layers import channel_shuffle
+from .layers import channel_shuffle, offset_pair
 from .cells import init_search_cell
 from .ops import FactorizedReduce
 
@@ -268,14 +268,9 @@ class SkipBank(_Bank):
     def forward(self, x, rows: Rows, stride: int, engine: bool):
         if stride == 1:
             return x
-        B, GC, H, W = x.shape
-        G = GC // self.C
-        even, odd = x[:, :, ::2, ::2], x[:, :, 1::2, 1::2]
-        if odd.shape[-2:] != even.shape[-2:]:  # odd sizes: pad the offset branch (ops.py)
-            odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
-        h, w = even.shape[-2:]
-        both = torch.stack([even.reshape(B, G, self.C, h, w), odd.reshape(B, G, self.C, h, w)], 2)
-        y = cpuconv.conv2d(_like(both.reshape(B, 2 * GC, h, w), x), self._w("w", rows), groups=2 * G)
+        G = x.shape[1] // self.C
+        both = offset_pair(x, 2, G)  # per row: its two samplings, side by side
+        y = cpuconv.conv2d(_like(both, x), self._w("w", rows), groups=2 * G)
         return self._bn("bn", y, rows)
 
 
@@ -459,7 +454,7 @@ def _preprocess(layer: nn.Module, s: torch.Tensor, activated: bool) -> torch.Ten
     if not activated:
         return layer(s)
     if isinstance(layer, FactorizedReduce):
-        return layer.reduce(s)
+        return _module_batch_norm(layer.bn, layer.project(s))
     return _module_batch_norm(layer[2], layer[1](s))  # ReLUConvBN: ReLU, conv, BN
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cpuconv import AvgPool2d, Conv2d, MaxPool2d
+from .cpuconv import AvgPool2d, Conv2d, MaxPool2d, conv2d
+from .layers import offset_pair
 
 __all__ = [
     "OPS",
@@ -99,11 +100,14 @@ class FactorizedReduce(nn.Module):
     def reduce(self, x):
         """The layer on an input that is already ReLU'd (the super-net ReLUs each cell's output
         once for the two cells that read it)."""
-        s = self.stride
-        even, odd = x[:, :, ::s, ::s], x[:, :, 1::s, 1::s]
-        if odd.shape[-2:] != even.shape[-2:]:
-            odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
-        return self.bn(torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1))
+        return self.bn(self.project(x))
+
+    def project(self, x):
+        """The two convolutions, before the BatchNorm."""
+        # Both branches as one convolution with two groups over the two samplings, which
+        # offset_pair lays out side by side: the output keeps the branches' channel order.
+        both = offset_pair(x, self.stride)
+        return conv2d(both, torch.cat([self.conv_1.weight, self.conv_2.weight]), groups=2)
 
 
 class Zero(nn.Module):
