@@ -611,24 +611,41 @@ class BankedCell(nn.Module):
             bank = self._bank_list[g.op]
             key = (bank.needs_relu(stride), g.inputs)
             if key not in inputs:
-                inputs[key] = self._gather(feats[key[0]], g.inputs, len(point.sources))
+                inputs[key] = self._gather(feats[key[0]], g.inputs, len(point.sources), inputs, key[0])
             outs.append(bank(inputs[key], g.rows, stride, engine))
         if engine:
             self._mix(outs, point, flat_coeff, acc)
             return
         C = self.C_op
+        # A group's output is split into its blocks once: the backward then joins the blocks'
+        # gradients in one concatenation, where a narrow per block zero-filled a full-size
+        # gradient each and added them up.
+        blocks_of: dict[int, tuple] = {}
         for j, blocks in point.adds.items():
             for gi, b in blocks:
                 out = outs[gi]
-                term = out if out.shape[1] == C else out.narrow(1, b * C, C)
+                if out.shape[1] == C:
+                    term = out
+                else:
+                    if gi not in blocks_of:
+                        blocks_of[gi] = out.split(C, 1)
+                    term = blocks_of[gi][b]
                 acc[j] = term if j not in acc else acc[j] + term
 
-    def _gather(self, x: torch.Tensor, positions: tuple[int, ...], n_sources: int) -> torch.Tensor:
+    def _gather(self, x: torch.Tensor, positions: tuple[int, ...], n_sources: int, made: dict,
+                relu: bool) -> torch.Tensor:
         """The channel blocks of the given source positions (repeated without feature sharing,
-        where every edge of a source is a row of its own)."""
+        where every edge of a source is a row of its own). `made` holds what the point built
+        so far: a single source's block comes from one split of x per point (its backward is
+        one concatenation, not a zero-filled gradient per narrow)."""
         C = self.C_op
         if positions == tuple(range(n_sources)):
             return x
+        if len(positions) == 1:
+            key = ("split", relu)
+            if key not in made:
+                made[key] = x.split(C, 1)
+            return made[key][positions[0]]
         if positions == tuple(range(positions[0], positions[0] + len(positions))):
             return x.narrow(1, positions[0] * C, len(positions) * C)
         if len(positions) % n_sources == 0 and positions == tuple(range(n_sources)) * (len(positions) // n_sources):
