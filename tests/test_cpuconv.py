@@ -71,9 +71,11 @@ def test_other_convolutions_and_strided_views_match():
 
 
 @pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("channels,stride", [(4, 1), (16, 1), (16, 2)])
-def test_pools_match(kind, channels, stride):
-    x = torch.randn(6, channels, 15, 15)
+@pytest.mark.parametrize("batch,channels,stride", [(6, 4, 1), (6, 4, 2), (7, 3, 1), (6, 16, 1), (6, 16, 2), (5, 8, 2)])
+def test_pools_match(kind, batch, channels, stride):
+    # narrow maps pool with samples side by side as channels (a 4-channel map of 6 samples:
+    # all 6, 24 channels; 7 samples of 3 channels: all 7, 21 channels)
+    x = torch.randn(batch, channels, 15, 15)
     _same(lambda x, w: cpuconv.pool_3x3(kind, x, stride), x)
     pool = cpuconv.MaxPool2d(3, stride, 1) if kind == "max" else cpuconv.AvgPool2d(3, stride, 1, count_include_pad=False)
     _same(lambda x, w: pool(x), x)
@@ -155,10 +157,11 @@ def test_traced_models_keep_their_convolutions():
 def _form_cases():
     x, w1, wd = torch.randn(4, 8, 12, 12), torch.randn(8, 8, 1, 1), torch.randn(8, 1, 5, 5)
     return [(lambda t: cpuconv.conv2d(t, w1), x), (lambda t: cpuconv.conv2d(t, wd, 1, 4, 2, 8), x),
-            (lambda t: cpuconv.pool_3x3("max", t, 1), x), (lambda t: cpuconv.pool_3x3("avg", t, 1), x)]
+            (lambda t: cpuconv.pool_3x3("max", t, 1), x), (lambda t: cpuconv.pool_3x3("avg", t, 1), x),
+            (lambda t: cpuconv.pool_3x3("max", t, 2), x[:, :4]), (lambda t: cpuconv.pool_3x3("avg", t, 2), x[:, :4])]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(6))
 def test_the_forms_hand_nchw_gradients_back(case):
     # The op before a form (a ReLU) gets an NCHW gradient: a channels_last one beside its NCHW
     # saved output makes its backward mix layouts, which is slower.
@@ -171,7 +174,7 @@ def test_the_forms_hand_nchw_gradients_back(case):
     assert seen == [True]
 
 
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(6))
 def test_the_forms_save_no_more_for_the_backward_than_the_plain_calls(case):
     # Their channels_last copies are made again in the backward, not kept: at batch 64 the
     # kept copies had raised the EnTranNAS step's peak memory from 1.02 to 1.22 GiB.

@@ -9,9 +9,11 @@ where oneDNN's NCHW kernels on a CPU are slow:
 * a stride-1 depthwise convolution's backward is 3 to 5x slower on an NCHW map than on the
   same map in channels_last, even counting the two copies: [64, 4, 32, 32], 5x5: 9.4 against
   3.2 ms. At stride 2 the copies cost more than they save, so strided ones stay as they are;
-* a stride-1 3x3 max or average pool of 8 or more channels is up to 6x faster on a
-  channels_last map ([64, 64, 16, 16]: 16.7 against 7.5 ms with the copies); at stride 2
-  the copies cost more again.
+* a 3x3 max or average pool (stride 1 or 2) is 2 to 3.5x faster, forward and backward, on a
+  channels_last copy with 16 or more channels than on the NCHW map: ATen's channels_last
+  kernels vectorise over channels (its NCHW ones do not), so a narrow map is viewed with
+  several samples side by side as channels first. [64, 4, 32, 32], stride 1: max 3.66 against
+  1.06 ms, average 2.27 against 0.82 ms, copies included (benchmarks/RESULTS.md).
 
 So on a CPU, for a float NCHW map, `conv2d` runs stride-1 1x1 convolutions as `bmm` and stride-1
 depthwise convolutions over a channels_last copy, and `pool_3x3` pools a channels_last copy;
@@ -118,29 +120,51 @@ class _Depthwise(torch.autograd.Function):
 
 
 class _Pool(torch.autograd.Function):
-    """A stride-1 3x3 pool (padding 1) over a channels_last copy. Its backward needs only the
-    input's shape (and the max's indices), so the copy is not kept."""
+    """A 3x3 pool (padding 1, stride 1 or 2) over a channels_last copy of the map with `fold`
+    samples side by side as channels ([B, C] -> [B / fold, fold * C], the same NCHW memory):
+    ATen's channels_last pools vectorise over channels, which a 4-channel map leaves mostly
+    idle. Its backward needs only the input's shape (and the max's indices, which are per
+    plane and so the same in either view), so the copy is not kept."""
 
     @staticmethod
-    def forward(ctx, x, kind):
-        ctx.kind, ctx.shape = kind, x.shape
+    def forward(ctx, x, kind, stride, fold):
+        B, C, H, W = x.shape
+        xf = _folded_cl(x, fold)
+        ctx.kind, ctx.stride, ctx.shape, ctx.folded = kind, stride, x.shape, xf.shape
         if kind == "max":
-            y, idx = F.max_pool2d(_cl(x), 3, 1, 1, return_indices=True)
+            y, idx = F.max_pool2d(xf, 3, stride, 1, return_indices=True)
             ctx.save_for_backward(idx)
         else:
-            y = F.avg_pool2d(_cl(x), 3, 1, 1, count_include_pad=False)
-        return y.contiguous()
+            y = F.avg_pool2d(xf, 3, stride, 1, count_include_pad=False)
+        return y.contiguous().view(B, C, *y.shape[-2:])
 
     @staticmethod
     def backward(ctx, gy):
-        like = torch.empty(ctx.shape, dtype=gy.dtype, memory_format=torch.channels_last)  # shape only
+        gyf = _folded_cl(gy, ctx.shape[0] // ctx.folded[0])
+        like = torch.empty(ctx.folded, dtype=gy.dtype, memory_format=torch.channels_last)  # shape only
+        s = (ctx.stride, ctx.stride)
         if ctx.kind == "max":
             (idx,) = ctx.saved_tensors
-            gx = torch.ops.aten.max_pool2d_with_indices_backward(_cl(gy), like, (3, 3), (1, 1), (1, 1), (1, 1),
-                                                                 False, idx)
+            gx = torch.ops.aten.max_pool2d_with_indices_backward(gyf, like, (3, 3), s, (1, 1), (1, 1), False, idx)
         else:
-            gx = torch.ops.aten.avg_pool2d_backward(_cl(gy), like, (3, 3), (1, 1), (1, 1), False, False, None)
-        return gx.contiguous(), None
+            gx = torch.ops.aten.avg_pool2d_backward(gyf, like, (3, 3), s, (1, 1), False, False, None)
+        return gx.contiguous().view(ctx.shape), None, None, None
+
+
+def _folded_cl(x: torch.Tensor, fold: int) -> torch.Tensor:
+    """[B, C, H, W] (any strides) as a channels_last [B / fold, fold * C, H, W] map whose
+    channel fold * i + c is sample i's channel c: one copy."""
+    B, C, H, W = x.shape
+    t = x.unflatten(0, (B // fold, fold)).permute(0, 3, 4, 1, 2).contiguous()
+    return t.view(B // fold, H, W, fold * C).permute(0, 3, 1, 2)
+
+
+def _fold(B: int, C: int, width: int = 16) -> int:
+    """The fewest samples (a divisor of B) whose channels side by side number `width` or more."""
+    for f in range(1, B + 1):
+        if B % f == 0 and f * C >= width:
+            return f
+    return B
 
 
 class _BatchNorm(torch.autograd.Function):
@@ -203,9 +227,10 @@ def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: 
 
 
 def _pool_form(x: torch.Tensor, stride, kind: str, plain):
-    """`_Pool` for a stride-1 3x3 pool of an NCHW map of 8 or more channels, else `plain(x)`."""
-    if _nchw_cpu(x) and x.shape[1] >= 8 and stride in (1, (1, 1)):
-        return _Pool.apply(x, kind)
+    """`_Pool` for a 3x3 pool (stride 1 or 2) of an NCHW map, else `plain(x)`."""
+    stride = _pair(stride)[0] if _pair(stride)[0] == _pair(stride)[1] else None
+    if _nchw_cpu(x) and stride in (1, 2):
+        return _Pool.apply(x, kind, stride, _fold(x.shape[0], x.shape[1]))
     return plain(x)
 
 
@@ -238,9 +263,9 @@ class Conv2d(nn.Conv2d):
 
 
 def _darts_pool(pool) -> bool:
-    """A 3x3 pool with padding 1, stride 1 (the one the forms cover), DARTS' settings."""
+    """A 3x3 pool with padding 1, stride 1 or 2 (the ones the forms cover), DARTS' settings."""
     return _pair(pool.kernel_size) == (3, 3) and _pair(pool.padding) == (1, 1) and not pool.ceil_mode and \
-        _pair(pool.stride) == (1, 1)
+        _pair(pool.stride) in ((1, 1), (2, 2))
 
 
 class MaxPool2d(nn.MaxPool2d):
@@ -248,7 +273,7 @@ class MaxPool2d(nn.MaxPool2d):
 
     def forward(self, x):
         if _darts_pool(self) and _pair(self.dilation) == (1, 1) and not self.return_indices:
-            return _pool_form(x, 1, "max", super().forward)
+            return _pool_form(x, self.stride, "max", super().forward)
         return super().forward(x)
 
 
@@ -257,5 +282,5 @@ class AvgPool2d(nn.AvgPool2d):
 
     def forward(self, x):
         if _darts_pool(self) and not self.count_include_pad and self.divisor_override is None:
-            return _pool_form(x, 1, "avg", super().forward)
+            return _pool_form(x, self.stride, "avg", super().forward)
         return super().forward(x)
