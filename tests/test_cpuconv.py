@@ -138,7 +138,7 @@ def test_the_forms_are_used_on_nchw_cpu_maps_only():
     xl = x.contiguous(memory_format=torch.channels_last)
     assert "aten::convolution" in _ops(lambda: cpuconv.conv2d(xl, w1))
     assert cpuconv.conv2d(xl, wd, 1, 1, 1, 8).is_contiguous(memory_format=torch.channels_last)
-    # the depthwise form convolves a channels_last copy and hands back an NCHW map
+    # the depthwise form convolves the batch-folded map and hands back an NCHW map
     y = cpuconv.conv2d(x, wd, 1, 1, 1, 8)
     assert y.is_contiguous() and torch.equal(y, F.conv2d(x, wd, None, 1, 1, 1, 8))
 

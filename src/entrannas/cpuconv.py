@@ -6,9 +6,12 @@ where oneDNN's NCHW kernels on a CPU are slow:
 * a 1x1 convolution (every op's pointwise half, the cells' preprocessing, FactorizedReduce)
   costs up to 30x what the same arithmetic costs as a batched matrix product: [64, 4, 32, 32]
   with a [4, 4] kernel took 5.6 ms forward and backward against 0.18 ms as products;
-* a stride-1 depthwise convolution's backward is 3 to 5x slower on an NCHW map than on the
-  same map in channels_last, even counting the two copies: [64, 4, 32, 32], 5x5: 9.4 against
-  3.2 ms. At stride 2 the copies cost more than they save, so strided ones stay as they are;
+* a stride-1 depthwise convolution is faster with the batch folded into the channels (one
+  sample of B x C channels), and its input gradient fastest as the forward convolution of the
+  output's gradient with flipped kernels; its kernels' gradient on channels_last copies
+  (3x3: the folded map). [64, 4, 32, 32], 5x5: oneDNN's NCHW backward 5.9 ms, 1.7 ms on
+  channels_last copies, 0.26 ms for the input gradient as a flipped forward. At stride 2 the
+  plain call stays;
 * a 3x3 max or average pool (stride 1 or 2) is 2 to 3.5x faster, forward and backward, on a
   channels_last copy with 16 or more channels than on the NCHW map: ATen's channels_last
   kernels vectorise over channels (its NCHW ones do not), so a narrow map is viewed with
@@ -16,8 +19,8 @@ where oneDNN's NCHW kernels on a CPU are slow:
   1.06 ms, average 2.27 against 0.82 ms, copies included (benchmarks/RESULTS.md).
 
 So on a CPU, for a float NCHW map, `conv2d` runs stride-1 1x1 convolutions as `bmm` and stride-1
-depthwise convolutions over a channels_last copy, and `pool_3x3` pools a channels_last copy;
-outputs come back NCHW. Only the order of sums changes: in float64 a whole super-net's
+depthwise convolutions batch-folded, and `pool_3x3` pools a channels_last copy; outputs come
+back NCHW. Only the order of sums changes: in float64 a whole super-net's
 outputs and gradients agree with the plain calls to 1e-12, in float32 each op's to float
 rounding (tests/test_cpuconv.py). On CUDA, for maps a run already keeps channels_last, and
 while a model is traced or compiled (so exported graphs keep their convolutions), everything
@@ -100,23 +103,55 @@ class _Pointwise(torch.autograd.Function):
 
 
 class _Depthwise(torch.autograd.Function):
-    """A stride-1 depthwise convolution over a channels_last copy. Saves the NCHW input (which
-    the op before it, a ReLU, keeps anyway) and copies it again in the backward."""
+    """A stride-1 depthwise convolution with the batch folded into the channels: the map is
+    viewed as one sample of B x C channels and the kernels repeated B times (a few KB), the
+    shape oneDNN's NCHW depthwise kernels are fast on.
+
+    The input's gradient of a 'same'-padded stride-1 convolution is the same convolution of
+    the output's gradient with the kernels flipped, so it runs as that forward (3-4x faster
+    than oneDNN's backward on these maps). The kernels' gradient is oneDNN's backward, on the
+    folded NCHW map for 3x3 kernels and on channels_last copies for the others, where that
+    kernel is several times faster (benchmarks/RESULTS.md). Saves the input only for the
+    kernels' gradient (which the op before it, a ReLU, keeps anyway)."""
 
     @staticmethod
     def forward(ctx, x, w, padding, dilation):
-        ctx.save_for_backward(x, w)
-        ctx.conf = padding, dilation
-        return F.conv2d(_cl(x), w, None, 1, padding, dilation, x.shape[1]).contiguous()
+        B, C, H, W = x.shape
+        ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w)
+        ctx.conf = padding, dilation, x.shape
+        y = F.conv2d(x.reshape(1, B * C, H, W), _repeat(w, B), None, 1, padding, dilation, B * C)
+        return y.view(B, C, *y.shape[-2:])
 
     @staticmethod
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
-        padding, dilation = ctx.conf
-        gx, gw, _ = torch.ops.aten.convolution_backward(
-            _cl(gy), _cl(x), w, None, (1, 1), padding, dilation, False, (0, 0), x.shape[1],
-            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
-        return (None if gx is None else gx.contiguous()), gw, None, None
+        padding, dilation, shape = ctx.conf
+        B, C, H, W = shape
+        k = w.shape[-2:]
+        gx = gw = None
+        if ctx.needs_input_grad[0]:
+            if all(2 * p == d * (n - 1) for p, d, n in zip(padding, dilation, k)):  # 'same'
+                gx = F.conv2d(gy.reshape(1, B * C, H, W), _repeat(w, B).flip(-2, -1), None, 1, padding,
+                              dilation, B * C).view(shape)
+            else:
+                gx = torch.ops.aten.convolution_backward(_cl(gy), _cl(x if x is not None else gy.new_zeros(shape)),
+                                                         w, None, (1, 1), padding, dilation, False, (0, 0), C,
+                                                         (True, False, False))[0].contiguous()
+        if ctx.needs_input_grad[1]:
+            if k == (3, 3) and dilation == (1, 1):
+                gw = torch.ops.aten.convolution_backward(
+                    gy.reshape(1, B * C, *gy.shape[-2:]), x.reshape(1, B * C, H, W), _repeat(w, B), None, (1, 1),
+                    padding, dilation, False, (0, 0), B * C, (False, True, False))[1]
+                gw = gw.view(B, C, 1, *k).sum(0)
+            else:
+                gw = torch.ops.aten.convolution_backward(_cl(gy), _cl(x), w, None, (1, 1), padding, dilation,
+                                                         False, (0, 0), C, (False, True, False))[1]
+        return gx, gw, None, None
+
+
+def _repeat(w: torch.Tensor, B: int) -> torch.Tensor:
+    """Depthwise kernels [C, 1, k, k] for a batch folded into channels: [B x C, 1, k, k]."""
+    return w.repeat(B, 1, 1, 1)
 
 
 class _Pool(torch.autograd.Function):
