@@ -270,11 +270,12 @@ def test_no_tensor_is_relu_d_twice_in_a_forward(method):
     class Relus(TorchDispatchMode):
         def __init__(self):
             super().__init__()
-            self.inputs = []
+            self.inputs, self.kept = [], []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func in (torch.ops.aten.relu.default, torch.ops.aten.clamp_min.default):
                 x = args[0]
+                self.kept.append(x)  # alive, so no later tensor reuses its memory
                 self.inputs.append((x.untyped_storage().data_ptr(), x.storage_offset(), tuple(x.shape)))
             return func(*args, **(kwargs or {}))
 
