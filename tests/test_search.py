@@ -295,10 +295,11 @@ def test_a_weight_step_with_shared_or_broadcast_gradients_is_the_plain_clipped_s
         torch.testing.assert_close(a, b)
 
 
-def test_the_architecture_step_keeps_no_tensor_for_weight_gradients_nor_past_its_own_update():
+def test_each_step_keeps_only_what_its_own_gradients_need():
     """Peak memory: the architecture forward saves what alpha/beta's gradients need and no
     input kept for a weight gradient, and what its partial backward left unused (the stem, the
-    first cell's ops) is released before the weight step's forward."""
+    first cell's ops) is released before the weight step's forward; the weight forward keeps
+    nothing for alpha/beta's gradients."""
     import weakref
 
     from entrannas.optim import optimizer_options
@@ -329,9 +330,17 @@ def test_the_architecture_step_keeps_no_tensor_for_weight_gradients_nor_past_its
         if len(calls) == 2:
             alive_at_weight_forward.extend(r for r, _ in saved[0] if r() is not None)
 
-    net.register_forward_pre_hook(pre_forward)
+    hook = net.register_forward_pre_hook(pre_forward)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         search_step(net, w, a, train, val)
+    hook.remove()
     arch_bytes, weight_bytes = (sum(n for _, n in s) for s in saved)
     assert arch_bytes < 0.75 * weight_bytes, (arch_bytes, weight_bytes)
     assert not [tuple(r().shape) for r in alive_at_weight_forward]
+    # Nor does the weight step keep the Engine-cells' op outputs for alpha's gradient.
+    saved[1].clear()
+    calls[:] = [1, 1]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        F.cross_entropy(net(train[0]), train[1])
+    both_bytes = sum(n for _, n in saved[1])
+    assert weight_bytes < 0.95 * both_bytes, (weight_bytes, both_bytes)

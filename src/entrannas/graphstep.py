@@ -243,7 +243,7 @@ class GraphedSearchStep:
 
     def _weight_phase(self, sel, x, y):
         net = self.net
-        with net.given_selection(sel):
+        with net.given_selection(sel), net.arch_frozen():  # as search_step
             logits = net(x)
         loss = F.cross_entropy(logits, y)
         grads = torch.autograd.grad(loss, self.weights, allow_unused=True)

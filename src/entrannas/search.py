@@ -75,7 +75,8 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
 
     xt, yt = train_batch
     weights = net.weight_parameters()
-    logits = net(xt)
+    with net.arch_frozen():  # nothing kept for alpha/beta's gradients, which this step drops
+        logits = net(xt)
     loss = F.cross_entropy(logits, yt)
     # autograd.grad, not backward: the gradients are handed over as they are, where backward
     # would add each into the weight's .grad (an add_ or a detach per weight: 230-460 of the

@@ -83,6 +83,18 @@ class ArchState:
     edge_weight: dict[str, torch.Tensor] = field(default_factory=dict)  # PC-DARTS, [14]
 
 
+@contextlib.contextmanager
+def _frozen(params):
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
 class SuperNet(nn.Module):
     def __init__(self, method: str = "entrannas", C: int = 16, layers: int = 8,
                  num_classes: int = 10, space: str = "standard", in_channels: int = 3,
@@ -197,20 +209,18 @@ class SuperNet(nn.Module):
         arch = set(self._arch_names())
         return [p for n, p in self.named_parameters() if n not in arch]
 
-    @contextlib.contextmanager
     def weights_frozen(self):
         """Forwards inside record nothing for the weights' gradients (the architecture step
         asks only for alpha/beta's): a convolution then keeps no input for its weight gradient
         and its backward computes none. The values are the same; BatchNorm statistics update
         as usual."""
-        weights = [p for p in self.weight_parameters() if p.requires_grad]
-        for p in weights:
-            p.requires_grad_(False)
-        try:
-            yield self
-        finally:
-            for p in weights:
-                p.requires_grad_(True)
+        return _frozen(self.weight_parameters())
+
+    def arch_frozen(self):
+        """Forwards inside record nothing for alpha/beta's gradients (the weight step asks only
+        for the weights'): an Engine-cell's mixing product then keeps no copy of its op outputs
+        for the coefficients' gradient."""
+        return _frozen(self.arch_parameters())
 
     def alpha(self, cell_type: str) -> nn.Parameter:
         return getattr(self, f"alpha_{cell_type}")
