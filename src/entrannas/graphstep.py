@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .optim import clip_grad_norm_
+from .supernet import frozen
 
 __all__ = ["GraphedSearchStep", "GraphCache", "CudaGraphs", "Eager"]
 
@@ -226,7 +227,7 @@ class GraphedSearchStep:
     # -- the phases: device work only, no host synchronisation ----------------------------
     def _arch_phase(self, sel, x, y):
         net = self.net
-        with net.given_selection(sel), net.weights_frozen():  # as search_step
+        with net.given_selection(sel), frozen(self.weights):  # as search_step
             loss = F.cross_entropy(net(x), y) + net.dst_regulariser()
         grads = torch.autograd.grad(loss, self.arch, allow_unused=True)
         # Every alpha/beta feeds an Engine-cell, so none is unused in practice; a zero keeps
@@ -243,7 +244,7 @@ class GraphedSearchStep:
 
     def _weight_phase(self, sel, x, y):
         net = self.net
-        with net.given_selection(sel), net.arch_frozen():  # as search_step
+        with net.given_selection(sel), frozen(self.arch):  # as search_step
             logits = net(x)
         loss = F.cross_entropy(logits, y)
         grads = torch.autograd.grad(loss, self.weights, allow_unused=True)

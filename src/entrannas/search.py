@@ -27,7 +27,7 @@ from .rundir import RunFolder, Timer, format_eta, read_metrics
 from .runlock import hold_run
 from .arch import Temperature
 from .bnstats import recalibrate_batchnorm
-from .supernet import CELL_TYPES, METHOD_DEFAULTS, SuperNet
+from .supernet import CELL_TYPES, METHOD_DEFAULTS, SuperNet, frozen
 
 __all__ = ["search_step", "run_search", "resume_search", "run_search_seeds", "SearchResult",
            "build_supernet", "cell_summary", "tau_decay", "warmup_epochs"]
@@ -54,7 +54,7 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
         a_opt.zero_grad(set_to_none=True)
         # With the weights frozen the forward saves nothing for weight gradients and the
         # backward computes none (custom autograd Functions cannot tell from `inputs=`).
-        with net.weights_frozen():
+        with frozen(net.weight_parameters()):
             arch_loss = F.cross_entropy(net(xv), yv) + net.dst_regulariser()
         arch_loss.backward(inputs=net.arch_parameters())
         ddp.allreduce_grads(net.arch_parameters())
@@ -75,7 +75,7 @@ def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.
 
     xt, yt = train_batch
     weights = net.weight_parameters()
-    with net.arch_frozen():  # nothing kept for alpha/beta's gradients, which this step drops
+    with frozen(net.arch_parameters()):  # nothing kept for alpha/beta's gradients, which this step drops
         logits = net(xt)
     loss = F.cross_entropy(logits, yt)
     # autograd.grad, not backward: the gradients are handed over as they are, where backward

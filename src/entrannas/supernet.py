@@ -20,7 +20,7 @@ from .cells import EngineCell, TransitCell
 from .opbank import BankedCell
 from .ops import op_names
 
-__all__ = ["SuperNet", "METHOD_DEFAULTS", "resolve_engine_cells", "ArchState"]
+__all__ = ["SuperNet", "METHOD_DEFAULTS", "resolve_engine_cells", "ArchState", "frozen"]
 
 _PLAIN = dict(partial_channels=1, edge_normalization=False)
 METHOD_DEFAULTS: dict[str, dict] = {
@@ -84,7 +84,12 @@ class ArchState:
 
 
 @contextlib.contextmanager
-def _frozen(params):
+def frozen(params):
+    """Forwards inside record nothing for these parameters' gradients. The search's two steps
+    each ask for one set only: with the weights frozen the architecture step's convolutions
+    keep no input for a weight gradient (and compute none); with alpha/beta frozen the weight
+    step's Engine-cell mixing keeps no copy of its op outputs for the coefficients' gradient.
+    The values are the same; BatchNorm statistics update as usual."""
     params = [p for p in params if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -208,19 +213,6 @@ class SuperNet(nn.Module):
     def weight_parameters(self) -> list[nn.Parameter]:
         arch = set(self._arch_names())
         return [p for n, p in self.named_parameters() if n not in arch]
-
-    def weights_frozen(self):
-        """Forwards inside record nothing for the weights' gradients (the architecture step
-        asks only for alpha/beta's): a convolution then keeps no input for its weight gradient
-        and its backward computes none. The values are the same; BatchNorm statistics update
-        as usual."""
-        return _frozen(self.weight_parameters())
-
-    def arch_frozen(self):
-        """Forwards inside record nothing for alpha/beta's gradients (the weight step asks only
-        for the weights'): an Engine-cell's mixing product then keeps no copy of its op outputs
-        for the coefficients' gradient."""
-        return _frozen(self.arch_parameters())
 
     def alpha(self, cell_type: str) -> nn.Parameter:
         return getattr(self, f"alpha_{cell_type}")
