@@ -319,6 +319,11 @@ class ProjectionBank(_Segmented):
     def forward(self, x, rows: Rows, keep_output: bool = False):
         return self._bn("bn", self._conv("w", x, rows), rows, keep_output)
 
+    def each(self, xs: list, rows: Rows, each: list[Rows]):
+        """`forward` of the rows' inputs given apart (`each`: one row per input): a convolution
+        per input, one BatchNorm of the joined results."""
+        return self._bn("bn", torch.cat([self._conv("w", x, r) for x, r in zip(xs, each)], 1), rows)
+
 
 # -- plans: what runs at each ready point ------------------------------------------------------
 @dataclass
@@ -453,19 +458,22 @@ def _preprocess(layer: nn.Module, s: torch.Tensor, activated: bool) -> torch.Ten
     when the input is already ReLU'd."""
     if not activated:
         return layer(s)
+    # The BatchNorm keeps its output for the backward: the squeeze (or the ReLU of the ops) reads
+    # it, and the convolution's output is freed.
     if isinstance(layer, FactorizedReduce):
-        return _module_batch_norm(layer.bn, layer.project(s))
-    return _module_batch_norm(layer[2], layer[1](s))  # ReLUConvBN: ReLU, conv, BN
+        return _module_batch_norm(layer.bn, layer.project(s), keep_output=True)
+    return _module_batch_norm(layer[2], layer[1](s), keep_output=True)  # ReLUConvBN: ReLU, conv, BN
 
 
-def _module_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def _module_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, keep_output: bool = False) -> torch.Tensor:
     """An affine-free nn.BatchNorm2d through cpuconv.batch_norm (state updated as the module
     does it)."""
     if bn.affine or not bn.track_running_stats or bn.momentum is None or (bn.training and ddp.active()):
         return bn(x)
     if bn.training:
         bn.num_batches_tracked.add_(1)
-    return cpuconv.batch_norm(x, bn.running_mean, bn.running_var, bn.training, bn.momentum, bn.eps)
+    return cpuconv.batch_norm(x, bn.running_mean, bn.running_var, bn.training, bn.momentum, bn.eps,
+                              keep_output)
 
 
 # -- the cell --------------------------------------------------------------------------------
@@ -560,9 +568,12 @@ class BankedCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
     def _one_row(self, segment: int, device) -> Rows:
-        key = ("row", segment, str(device))
+        return self._row(segment, 0, 1, device)
+
+    def _row(self, segment: int, row: int, size: int, device) -> Rows:
+        key = ("row", segment, row, size, str(device))
         if key not in self._cache:
-            self._cache[key] = Rows(segment, (0,), 1, device)
+            self._cache[key] = Rows(segment, (row,), size, device)
         return self._cache[key]
 
     def _point_input(self, nodes, point: Point, p: int) -> torch.Tensor:
@@ -570,8 +581,13 @@ class BankedCell(nn.Module):
         offset = POINT_SOURCES[p][0]
         feats = [nodes[s - offset] for s in point.sources]
         if self.bottleneck > 1:
-            X = feats[0] if len(feats) == 1 else torch.cat(feats, 1)
-            return self.squeeze(X, point.squeeze)
+            if len(feats) == 1:
+                return self.squeeze(feats[0], point.squeeze)
+            # Each source squeezed on its own and only the narrow results joined: no copy of
+            # the wide sources is made, nor kept for the convolution's weight gradient (each
+            # convolution keeps its source, which the preprocessing's BatchNorm keeps anyway).
+            each = [self._row(p, r, len(POINT_SOURCES[p]), S.device) for r, S in zip(point.squeeze.rows, feats)]
+            return self.squeeze.each(feats, point.squeeze, each)
         return feats[0] if len(feats) == 1 else torch.cat(feats, 1)
 
     def _bypass(self, S, point: Point, stride: int, flat_w, rest) -> torch.Tensor:
