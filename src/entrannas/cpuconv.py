@@ -66,16 +66,10 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
 # (or less) and hands back NCHW gradients.
 
 
-def _per_sample(w: torch.Tensor, B: int) -> torch.Tensor:
-    """[G, m, n] weights as bmm's [B x G, m, n] operand: a stride-0 view for one group,
-    a (small) copy for more."""
-    G = w.shape[0]
-    return w.expand(B, -1, -1) if G == 1 else w.unsqueeze(0).expand(B, -1, -1, -1).reshape(B * G, *w.shape[1:])
-
-
 class _Pointwise(torch.autograd.Function):
-    """A stride-1, unpadded 1x1 convolution as one product per sample and group: bmm of
-    [B x G, Co, Ci] with [B x G, Ci, HW] (`matmul` of the 4-d forms allocated more)."""
+    """A stride-1, unpadded 1x1 convolution as one product per sample and group: `matmul` of
+    the [G, Co, Ci] weights with the [B, G, Ci, HW] map, which runs as one bmm over B x G
+    (the weights broadcast over the batch)."""
 
     @staticmethod
     def forward(ctx, x, w, groups):
@@ -84,7 +78,7 @@ class _Pointwise(torch.autograd.Function):
         # The input only serves the weight's gradient (none in the architecture step).
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, w)
         ctx.groups, ctx.shape = groups, x.shape
-        y = torch.bmm(_per_sample(w.reshape(G, Co, Ci), B), x.reshape(B * G, Ci, H * W))
+        y = torch.matmul(w.reshape(G, Co, Ci), x.reshape(B, G, Ci, H * W))
         return y.view(B, G * Co, H, W)
 
     @staticmethod
@@ -92,13 +86,12 @@ class _Pointwise(torch.autograd.Function):
         x, w = ctx.saved_tensors
         B, _, H, W = ctx.shape
         G, Co, Ci = ctx.groups, w.shape[0] // ctx.groups, w.shape[1]
-        gy = gy.reshape(B * G, Co, H * W)
+        gy = gy.reshape(B, G, Co, H * W)
         gx = gw = None
         if ctx.needs_input_grad[0]:
-            gx = torch.bmm(_per_sample(w.reshape(G, Co, Ci).transpose(1, 2), B), gy).view(ctx.shape)
+            gx = torch.matmul(w.reshape(G, Co, Ci).mT, gy).view(ctx.shape)
         if ctx.needs_input_grad[1]:
-            gw = torch.bmm(gy, x.reshape(B * G, Ci, H * W).transpose(1, 2))
-            gw = gw.view(B, G * Co, Ci).sum(0).view(w.shape)
+            gw = torch.matmul(gy, x.reshape(B, G, Ci, H * W).mT).sum(0).view(w.shape)
         return gx, gw, None
 
 
@@ -131,7 +124,7 @@ class _Depthwise(torch.autograd.Function):
         gx = gw = None
         if ctx.needs_input_grad[0]:
             if all(2 * p == d * (n - 1) for p, d, n in zip(padding, dilation, k)):  # 'same'
-                gx = F.conv2d(gy.reshape(1, B * C, H, W), _repeat(w, B).flip(-2, -1), None, 1, padding,
+                gx = F.conv2d(gy.reshape(1, B * C, H, W), _repeat(w.flip(-2, -1), B), None, 1, padding,
                               dilation, B * C).view(shape)
             else:
                 gx = torch.ops.aten.convolution_backward(_cl(gy), _cl(x if x is not None else gy.new_zeros(shape)),
