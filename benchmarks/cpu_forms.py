@@ -73,9 +73,11 @@ def pool_table(repeat: int) -> None:
                         return F.max_pool2d(t, 3, stride, 1)
                     return F.avg_pool2d(t, 3, stride, 1, count_include_pad=False)
 
+                t = x.clone().requires_grad_()
+
                 def run(f):
                     def go():
-                        t = x.clone().requires_grad_()
+                        t.grad = None
                         y = f(t)
                         y.backward(torch.ones_like(y))
                     return go
@@ -105,10 +107,13 @@ def depthwise_table(repeat: int) -> None:
             gy.contiguous(memory_format=CL), x.contiguous(memory_format=CL), w, None, (1, 1), (pad, pad), (d, d),
             False, (0, 0), C, mask)[:2]], repeat)
 
+        t = x.clone().requires_grad_()
+
         def form_backward(need_w=True):
+            kw = w.clone().requires_grad_(need_w)
+
             def go():
-                t = x.clone().requires_grad_()
-                kw = w.clone().requires_grad_(need_w)
+                t.grad = kw.grad = None
                 cpuconv.conv2d(t, kw, 1, pad, d, C).backward(gy)
             return go
         t_all = timed(form_backward(True), repeat) - form_f
