@@ -284,3 +284,37 @@ def test_no_tensor_is_relu_d_twice_in_a_forward(method):
     with Relus() as seen:
         net(torch.randn(2, 3, 16, 16)).sum().backward()
     assert seen.inputs and len(set(seen.inputs)) == len(seen.inputs)
+
+
+@pytest.mark.parametrize("method", ["entrannas", "dst", "pcdarts"])
+def test_search_steps_of_the_batched_super_net_match_the_plain_one(method):
+    """Whole first-order search steps (architecture step with the weights frozen, weight step
+    with alpha/beta frozen, one ReLU per cell output, the CPU forms): after three of them, in
+    float64, every weight, alpha/beta and running statistic is the one-call-per-op reference's."""
+    from entrannas.optim import optimizer_options
+    from entrannas.search import search_step
+
+    def optimisers(net):
+        w = torch.optim.SGD(net.weight_parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4,
+                            **optimizer_options(torch.device("cpu")))
+        return w, torch.optim.Adam(net.arch_parameters(), lr=0.05, betas=(0.5, 0.999), weight_decay=1e-3)
+    torch.manual_seed(0)
+    C = 16 if method == "pcdarts" else 8
+    plain = SuperNet(method=method, C=C, layers=5, batched=False).double()
+    net = copy.deepcopy(SuperNet(method=method, C=C, layers=5)).double().load_from_plain(plain)
+    g = torch.Generator().manual_seed(1)
+    batches = [[(torch.randn(8, 3, 16, 16, generator=g, dtype=torch.float64), torch.randint(0, 10, (8,), generator=g))
+                for _ in range(2)] for _ in range(3)]
+    for m in (plain, net):
+        w, a = optimisers(m)
+        for train, val in batches:
+            search_step(m, w, a, train, val)
+    expected = copy.deepcopy(net).load_from_plain(plain)
+    got, want = dict(net.state_dict()), dict(expected.state_dict())
+    for name, p in plain.named_parameters():  # alpha/beta are not copied by load_from_plain
+        if name in want and not name.startswith("cells."):
+            want[name] = p.detach()
+    for k, v in got.items():
+        if v.is_floating_point():  # against at least 1: some running means are zero but for rounding
+            err = float((v - want[k]).abs().max()) / max(1.0, float(want[k].abs().max()))
+            assert err < 1e-9, f"{method} {k}: {err:.1e}"
