@@ -1,4 +1,5 @@
-"""Faster CPU forms of the narrow convolutions and pools of NAS cells, with the same results.
+"""Faster CPU forms of the narrow convolutions, pools and BatchNorms of NAS cells, with the same
+results.
 
 A search cell's ops run on maps of 4 to 64 channels (C=16 with the bottleneck of 4 gives 4),
 where oneDNN's NCHW kernels on a CPU are slow:
@@ -6,21 +7,24 @@ where oneDNN's NCHW kernels on a CPU are slow:
 * a 1x1 convolution (every op's pointwise half, the cells' preprocessing, FactorizedReduce)
   costs up to 30x what the same arithmetic costs as a batched matrix product: [64, 4, 32, 32]
   with a [4, 4] kernel took 5.6 ms forward and backward against 0.18 ms as products;
-* a stride-1 depthwise convolution is faster with the batch folded into the channels (one
-  sample of B x C channels), and its input gradient fastest as the forward convolution of the
-  output's gradient with flipped kernels; its kernels' gradient on channels_last copies
-  (3x3: the folded map). [64, 4, 32, 32], 5x5: oneDNN's NCHW backward 5.9 ms, 1.7 ms on
-  channels_last copies, 0.26 ms for the input gradient as a flipped forward. At stride 2 the
-  plain call stays;
+* a stride-1 depthwise convolution's NCHW backward is slow (its kernels' gradient most): on
+  [64, 4, 32, 32] with 5x5 kernels it took 5.57 ms, 1.70 ms on channels_last copies, and
+  1.62 ms as this module's form, of which 0.47 ms for the input gradient, computed as the
+  forward convolution of the output's gradient with flipped kernels. Its forward is fastest
+  with the batch folded into the channels (one sample of B x C channels): 0.26 against
+  0.57 ms. At stride 2 the plain call stays;
 * a 3x3 max or average pool (stride 1 or 2) is 2 to 3.5x faster, forward and backward, on a
   channels_last copy with 16 or more channels than on the NCHW map: ATen's channels_last
   kernels vectorise over channels (its NCHW ones do not), so a narrow map is viewed with
-  several samples side by side as channels first. [64, 4, 32, 32], stride 1: max 3.66 against
-  1.06 ms, average 2.27 against 0.82 ms, copies included (benchmarks/RESULTS.md).
+  several samples side by side as channels first. [64, 4, 32, 32], stride 1: max 3.51 against
+  1.24 ms, average 2.17 against 1.02 ms, copies included (benchmarks/RESULTS.md);
+* BatchNorm's backward is 2 to 4x slower when its gradient is a channel block of a wider one
+  (a concatenation's), which sends ATen into a serial per-channel loop.
 
 So on a CPU, for a float NCHW map, `conv2d` runs stride-1 1x1 convolutions as `bmm` and stride-1
-depthwise convolutions batch-folded, and `pool_3x3` pools a channels_last copy; outputs come
-back NCHW. Only the order of sums changes: in float64 a whole super-net's
+depthwise convolutions batch-folded, `pool_3x3` pools a channels_last copy, and `batch_norm`
+hands its backward a contiguous gradient; outputs come back NCHW. Only the order of sums
+changes: in float64 a whole super-net's
 outputs and gradients agree with the plain calls to 1e-12, in float32 each op's to float
 rounding (tests/test_cpuconv.py). On CUDA, for maps a run already keeps channels_last, and
 while a model is traced or compiled (so exported graphs keep their convolutions), everything
@@ -62,8 +66,8 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
 # it (a ReLU), whose backward then mixes layouts (elementwise backwards slow down when a
 # gradient and the saved tensor differ in layout); and the composed forms saved their copies
 # for the backward, raising the EnTranNAS step's peak memory at batch 64 from 1.02 to 1.22 GiB
-# (1.17 with these; benchmarks/RESULTS.md). Each Function below saves what the plain call saves
-# (or less) and hands back NCHW gradients.
+# (benchmarks/RESULTS.md, 2026-12-03). Each Function below saves what the plain call saves (or
+# less) and hands back NCHW gradients.
 
 
 class _Pointwise(torch.autograd.Function):
