@@ -214,7 +214,7 @@ def test_batch_norm_matches_and_backs_a_channel_block_of_a_gradient_contiguously
     """cpuconv.batch_norm is affine-free F.batch_norm (output, running statistics, input
     gradient), for a gradient that is a channel block of a larger one (a concatenation's), and
     whether it keeps its input or its output for the backward. Its backward hands ATen's kernel
-    a contiguous gradient (the strided one took a serial loop, 2.5-3.8x slower)."""
+    a contiguous gradient (the strided one took a serial loop, 3.3-4.4x slower)."""
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(8, 6, 5, 5, generator=g) * 3 + 1).to(dtype)
     grad = torch.randn(8, 12, 5, 5, generator=g).to(dtype)[:, 3:9]

@@ -18,7 +18,7 @@ where oneDNN's NCHW kernels on a CPU are slow:
   kernels vectorise over channels (its NCHW ones do not), so a narrow map is viewed with
   several samples side by side as channels first. [64, 4, 32, 32], stride 1: max 3.51 against
   1.24 ms, average 2.17 against 1.02 ms, copies included (benchmarks/RESULTS.md);
-* BatchNorm's backward is 2 to 4x slower when its gradient is a channel block of a wider one
+* BatchNorm's backward is 3 to 4.5x slower when its gradient is a channel block of a wider one
   (a concatenation's), which sends ATen into a serial per-channel loop.
 
 So on a CPU, for a float NCHW map, `conv2d` runs stride-1 1x1 convolutions as `bmm` and stride-1
@@ -204,8 +204,9 @@ class _BatchNorm(torch.autograd.Function):
     can keep its output instead of its input for the backward.
 
     ATen's CPU BatchNorm backward takes a serial per-channel loop when the gradient is not
-    contiguous, which it often is here (a channel block of a concatenation's gradient): 2.5 to
-    3.8x slower than on a contiguous copy at the cells' sizes (benchmarks/RESULTS.md). And
+    contiguous, which it often is here (a channel block of a concatenation's gradient): 3.3 to
+    4.4x slower than with a contiguous one at the cells' sizes, about 2x slower than copying
+    the gradient first (benchmarks/RESULTS.md). And
     without an affine transform the normalised output y is x_hat itself, so the backward can
     read y where the next layer keeps y anyway (a node feeding a 1x1 convolution): the input
     is then freed. dx = invstd * (dy - mean(dy) - y * mean(dy * y)) is ATen's own backward with
