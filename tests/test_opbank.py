@@ -9,7 +9,7 @@ import torch
 from entrannas import SuperNet
 from entrannas.cells import SearchCell
 from entrannas.genotype import Genotype
-from entrannas.opbank import BankedCell, clear_plan_cache, plan_cache_info
+from entrannas.opbank import BankedCell, clear_plan_cache, get_plan, plan_cache_info
 from entrannas.ops import op_names
 from entrannas.genotype import CellGenotype
 from helpers import DST_NODES
@@ -193,6 +193,28 @@ def test_transit_cell_matches_plain(cell, space, sharing, bottleneck, reduction,
     sel = tuple(tuple((i, names.index(op)) for op, i in node) for node in g)
     s0, s1 = _inputs(reduction_prev)
     _check(plain, bank, lambda c, a, b: c.forward_transit(a, b, sel), (s0, s1))
+
+
+@pytest.mark.parametrize("sharing,bottleneck,reduction", [(True, 4, False), (True, 1, True), (False, 4, False)])
+def test_a_dense_transit_cell_matches_plain_and_sums_shared_blocks_in_one_product(sharing, bottleneck, reduction):
+    """EnTranNAS-DST starts dense: every edge keeps every op. With feature sharing a block feeds
+    every later node, so a point sums its blocks with one 0/1 product instead of an add per
+    (block, node); the last point (one node) and cells without sharing (a block feeds one
+    node) keep the adds. Either way the cell computes what the plain cell computes."""
+    torch.manual_seed(6)
+    names, plain, bank = _pair("standard", sharing, bottleneck, reduction, False)
+    ops = [k for k, n in enumerate(names) if n != "none"]
+    sel = tuple(tuple((i, k) for i in range(m + 2) for k in ops) for m in range(4))
+    s0, s1 = _inputs(False)
+    _check(plain, bank, lambda c, a, b: c.forward_transit(a, b, sel), (s0, s1))
+    pairs = tuple((m + 2, i, k) for m, node in enumerate(sel) for i, k in node)
+    plan = get_plan(sharing, len(names), False, pairs, torch.device("cpu"))
+    summed = [bool(p.mixes) for p in plan.points]
+    assert summed == ([True, True, True, False] if sharing else [False] * 4)
+    for p in plan.points:
+        assert bool(p.adds) != bool(p.mixes)  # each point sums one way
+    if sharing:
+        assert plan.points[0].mixes[0].ones.shape == (4, 2 * len(ops))  # nodes 2-5 x (source, op)
 
 
 PARTIAL_CASES = [(False, 1, *pos) for pos in POSITIONS] + [(True, 2, True, False)]

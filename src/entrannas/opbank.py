@@ -335,9 +335,11 @@ class Group:
 
 @dataclass
 class Mix:
-    """Engine mixing of a point's blocks into its target nodes: P = W @ Z (eqs. 1, 6)."""
+    """Mixing of a point's blocks into its target nodes as one product, P = W @ Z: the
+    Engine-cell's weighted sum (eqs. 1, 6), or a dense Transit point's unweighted sum."""
     targets: tuple[int, ...]
-    coeff_index: torch.Tensor  # [len(targets), blocks] into the padded flat coefficients
+    coeff_index: torch.Tensor | None  # Engine: [len(targets), blocks] into the padded flat coefficients
+    ones: torch.Tensor | None = None  # Transit: [len(targets), blocks], 1 where a block feeds a node
 
 
 @dataclass
@@ -345,7 +347,7 @@ class Point:
     sources: tuple[int, ...]  # nodes feeding this point's ops, in input order
     squeeze: Rows  # their rows in the bottleneck's squeeze bank
     groups: list[Group]
-    mixes: list[Mix]  # Engine only
+    mixes: list[Mix]  # Engine; a dense Transit point (see _transit_sum)
     adds: dict[int, list[tuple[int, int]]]  # Transit: node -> [(group, block within group)]
     # Partial channels (PC-DARTS): the bypassed channels of each edge's source join its node.
     rest_targets: tuple[int, ...] = ()  # Engine: nodes receiving sum_s w(s, j) * rest(s)
@@ -428,6 +430,7 @@ def _build_plan(sharing, n_ops, engine, pairs, device, edges=None) -> Plan:
                 for b, r in enumerate(g.rows.rows):
                     for j in blocks[(g.op, r)][1]:
                         point.adds.setdefault(j, []).append((gi, b))
+            _transit_sum(point, blocks, device)
         if joins and engine:
             point.rest_targets = tuple(sorted({j for _, j in joins}))
             point.rest_index = torch.tensor([[edge_index(s, j) if (s, j) in joins else len(EDGES)
@@ -451,6 +454,26 @@ def _engine_mixes(point: Point, blocks, n_ops, pad, device) -> None:
     index = torch.tensor([[edge_index(blocks[b][0], j) * n_ops + b[0] if j in targets_of[b] else pad
                            for b in order] for j in targets], device=device)
     point.mixes.append(Mix(tuple(targets), index))
+
+
+def _transit_sum(point: Point, blocks, device) -> None:
+    """A Transit point whose blocks feed many nodes sums them as one product, as the Engine-cell
+    mixes them, with a 0/1 matrix for coefficients. Adding blocks one at a time reads and
+    writes a full map per add (3 per add), and in the backward autograd sums the gradients of a
+    block that feeds several nodes the same way; the product reads each block once and writes
+    each node once, forward (after one concatenation) and backward. In map traffic the adds
+    cost about 3 * (2 * adds - targets - blocks), the product 4 * blocks + 2 * targets: the
+    product wins on the dense cells of EnTranNAS-DST (a point with 14 blocks into 4 nodes: 56
+    adds), the adds on a top-2 cell's sparse points."""
+    n_adds = sum(len(v) for v in point.adds.values())
+    n_blocks = len(blocks)
+    targets = sorted(point.adds)
+    if 7 * n_blocks + 5 * len(targets) >= 6 * n_adds:
+        return
+    order = [(g.op, r) for g in point.groups for r in g.rows.rows]  # the groups' outputs, in order
+    ones = torch.tensor([[1.0 if j in blocks[b][1] else 0.0 for b in order] for j in targets], device=device)
+    point.mixes.append(Mix(tuple(targets), None, ones))
+    point.adds = {}
 
 
 def _preprocess(layer: nn.Module, s: torch.Tensor, activated: bool) -> torch.Tensor:
@@ -629,7 +652,7 @@ class BankedCell(nn.Module):
             if key not in inputs:
                 inputs[key] = self._gather(feats[key[0]], g.inputs, len(point.sources), inputs, key[0])
             outs.append(bank(inputs[key], g.rows, stride, engine))
-        if engine:
+        if point.mixes:
             self._mix(outs, point, flat_coeff, acc)
             return
         C = self.C_op
@@ -687,7 +710,7 @@ class BankedCell(nn.Module):
             # no reshape or transpose per block (two ops a block).
             Z = (outs[0] if len(outs) == 1 else torch.cat(outs, 1)).view(B, -1, D)
         for mix in point.mixes:
-            Wm = flat_coeff.take(mix.coeff_index)
+            Wm = flat_coeff.take(mix.coeff_index) if mix.ones is None else mix.ones
             if Wm.dtype != Z.dtype:  # bf16 autocast: the product would cast anyway
                 Wm = Wm.to(Z.dtype)
             if last:
@@ -698,8 +721,11 @@ class BankedCell(nn.Module):
                 # copied again in the backward): 167 ms against 19 for DARTS mode's first point
                 # at batch 64 on the CPU.
                 P = torch.bmm(Wm.expand(B, -1, -1), Z).view(B, -1, C, H, W)  # [B, targets, C, H, W]
-            for t, j in enumerate(mix.targets):
-                term = P[t].view(B, H, W, C).permute(0, 3, 1, 2) if last else P[:, t]
+            # unbind, not P[:, t] per target: its backward stacks the targets' gradients in one
+            # copy, where each select's backward zero-filled a gradient of P's full size.
+            for j, term in zip(mix.targets, P.unbind(0 if last else 1)):
+                if last:
+                    term = term.view(B, H, W, C).permute(0, 3, 1, 2)
                 acc[j] = term if j not in acc else acc[j] + term
 
     # -- weights from the one-call-per-op cell --------------------------------------------------
