@@ -630,8 +630,8 @@ class BankedCell(nn.Module):
             if V.dtype != R.dtype:
                 V = V.to(R.dtype)
             P = torch.matmul(V, R.contiguous().reshape(B, n, width * H * W))
-            for t, j in enumerate(point.rest_targets):
-                term = _like(P[:, t].view(B, width, H, W), S)
+            for j, term in zip(point.rest_targets, P.unbind(1)):  # one copy back, see _mix
+                term = _like(term.view(B, width, H, W), S)
                 rest[j] = term if j not in rest else rest[j] + term
         else:
             for j, positions in point.rest_adds.items():
