@@ -2,7 +2,9 @@
 eager-capture-replay rule, its bound and flushes, failed captures, and that the graphed
 phases (run through the CPU stand-in backend, which replays a captured function on its static
 inputs) compute the eager step bit for bit, in a whole search too."""
+import gc
 import json
+import weakref
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from entrannas import accel
 from entrannas.config import ConfigError, load_config
 from entrannas.graphstep import Eager, GraphCache, GraphedSearchStep
 from entrannas.loop import make_run_folder
+from entrannas.opbank import Plan, clear_plan_cache
 from entrannas.optim import optimizer_options
 from entrannas.search import _drive, _Search, run_search, search_step
 from entrannas.supernet import SuperNet
@@ -103,6 +106,36 @@ def test_running_out_of_memory_in_a_capture_drops_the_graphs_and_keeps_fewer():
     for key in "cc":  # captured again later, within the smaller bound
         cache.run(key, lambda t: (t,), x)
     assert list(cache.graphs) == ["c"]
+
+
+class Recorder(Eager):
+    """Like torch.cuda.graph: runs the function once while capturing (here, outside any graph)."""
+
+    def capture(self, fn):
+        fn()
+        return super().capture(fn)
+
+
+def test_a_captured_graph_holds_the_plans_whose_index_tensors_its_kernels_read():
+    """A CUDA graph's kernels read the op banks' index tensors by address: when the plan cache
+    evicts a plan (or is cleared) while a graph that used it is cached, the graph must keep
+    the plan alive, or a later allocation reuses that memory and replays read garbage."""
+    clear_plan_cache()
+    net, _, _ = _net("entrannas")
+    x = torch.randn(2, 1, 8, 8)
+    cache = GraphCache(1, Recorder())
+    for _ in range(2):  # eager, then captured
+        cache.run("k", lambda t: (net(t),), x)
+    held = cache.graphs["k"][2]
+    assert held and all(isinstance(p, Plan) for p in held)
+    refs = [weakref.ref(p) for p in held]
+    del held
+    clear_plan_cache()
+    gc.collect()
+    assert all(r() is not None for r in refs)  # out of the plan cache, alive in the graph's entry
+    cache.flush()
+    gc.collect()
+    assert all(r() is None for r in refs)  # and freed with the graph: nothing leaks
 
 
 def _net(method, **kw):

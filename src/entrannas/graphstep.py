@@ -14,7 +14,8 @@ graphs of its own, kept in a bounded cache:
 The arch and weight graphs are keyed by the derived cell and the batch shape. A key seen for the
 first time runs eagerly (cuDNN picks its algorithms and the op banks build their index
 tensors, neither of which may happen during a capture); the second time it is captured and
-replayed; after that it is replayed. The learning rate and the temperature are constants inside
+replayed; after that it is replayed. A graph holds the op-bank plans it was captured with:
+its kernels read their index tensors by address, so the plan cache's evictions must not free them. The learning rate and the temperature are constants inside
 the recorded kernels, so the cache is emptied when an epoch changes them. A capture that fails
 leaves that key eager for the rest of the run, and says why once in the log.
 
@@ -30,6 +31,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
+from .opbank import plans_in_use
 from .optim import clip_grad_norm_
 from .supernet import frozen
 
@@ -97,7 +99,7 @@ class GraphCache:
         if capacity < 1:
             raise ValueError(f"the graph cache needs room for at least one graph, got {capacity}")
         self.capacity, self.backend, self.log = capacity, backend, log
-        self.graphs: OrderedDict = OrderedDict()  # key -> (graph, static inputs)
+        self.graphs: OrderedDict = OrderedDict()  # key -> (graph, static inputs, plans it reads)
         self.seen: OrderedDict = OrderedDict()  # keys run eagerly once, not yet captured
         self.refused: set = set()  # keys whose capture failed: eager from then on
         self.counts = {"eager": 0, "captured": 0, "replayed": 0}
@@ -105,7 +107,7 @@ class GraphCache:
     def run(self, key, fn, *tensors):
         entry = self.graphs.get(key)
         if entry is not None:
-            graph, static = entry
+            graph, static, _ = entry
             self.graphs.move_to_end(key)
             for s, t in zip(static, tensors):
                 s.copy_(t)
@@ -117,7 +119,8 @@ class GraphCache:
             return fn(*tensors)
         static = tuple(t.clone() for t in tensors)
         try:
-            graph = self.backend.capture(lambda: fn(*static))
+            with plans_in_use() as plans:  # held with the graph: its kernels read their tensors
+                graph = self.backend.capture(lambda: fn(*static))
         except torch.OutOfMemoryError:
             # The cached graphs hold too much: drop them and keep fewer from now on.
             self.flush()
@@ -136,9 +139,9 @@ class GraphCache:
             self.counts["eager"] += 1
             return fn(*tensors)
         self.seen.pop(key, None)
-        self.graphs[key] = (graph, static)
+        self.graphs[key] = (graph, static, plans)
         while len(self.graphs) > self.capacity:
-            _, (old, _) = self.graphs.popitem(last=False)
+            _, (old, _, _) = self.graphs.popitem(last=False)
             old.release()
         self.counts["captured"] += 1
         return graph.replay()
@@ -151,7 +154,7 @@ class GraphCache:
 
     def flush(self) -> None:
         """Drop every graph (their constants changed); keys must be seen afresh."""
-        for graph, _ in self.graphs.values():
+        for graph, _, _ in self.graphs.values():
             graph.release()
         self.graphs.clear()
         self.seen.clear()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +41,7 @@ from .layers import channel_shuffle, offset_pair
 from .cells import init_search_cell
 from .ops import FactorizedReduce
 
-__all__ = ["BankedCell", "bank_rows", "plan_cache_info", "clear_plan_cache"]
+__all__ = ["BankedCell", "bank_rows", "plan_cache_info", "clear_plan_cache", "plans_in_use"]
 
 POINT_SOURCES = ((0, 1), (2,), (3,), (4,))  # sources whose ops run at each ready point
 
@@ -363,6 +364,21 @@ class Plan:
 _PLANS: OrderedDict = OrderedDict()
 _PLAN_LIMIT = 1024  # plans are tiny; the bound keeps an ever-changing selection from growing it
 _stats = {"hits": 0, "misses": 0}
+_holders: list[list] = []  # open plans_in_use() lists
+
+
+@contextmanager
+def plans_in_use():
+    """A list of the plans fetched inside the block. A CUDA graph captured in it must hold
+    them: its kernels read the plans' index tensors by address, and a plan evicted from the
+    cache (or the cache cleared) would free them for other tensors while replays still read
+    them (graphstep.GraphCache keeps this list with the graph)."""
+    held: list = []
+    _holders.append(held)
+    try:
+        yield held
+    finally:
+        _holders.remove(held)
 
 
 def plan_cache_info() -> dict:
@@ -383,12 +399,14 @@ def get_plan(sharing: bool, n_ops: int, engine: bool, pairs: tuple, device: torc
     if plan is not None:
         _stats["hits"] += 1
         _PLANS.move_to_end(key)
-        return plan
-    _stats["misses"] += 1
-    plan = _build_plan(sharing, n_ops, engine, pairs, device, edges)
-    _PLANS[key] = plan
-    if len(_PLANS) > _PLAN_LIMIT:
-        _PLANS.popitem(last=False)
+    else:
+        _stats["misses"] += 1
+        plan = _build_plan(sharing, n_ops, engine, pairs, device, edges)
+        _PLANS[key] = plan
+        if len(_PLANS) > _PLAN_LIMIT:
+            _PLANS.popitem(last=False)
+    for held in _holders:
+        held.append(plan)
     return plan
 
 
