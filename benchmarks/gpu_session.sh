@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# What a session lent a GPU should measure, in one call that fits its device time (15 minutes,
-# start-up included): the CUDA-graph step's checks, the narrow-channel BatchNorm forms, then
-# the search epochs eager and replayed.
+# What a session lent a GPU should measure, in calls that fit its device time (15 minutes,
+# start-up included, at most 10 minutes a call): the CUDA-graph step's checks, the
+# narrow-channel BatchNorm forms, the search epochs eager and replayed, DARTS mode's step, and
+# (where the official code was carried along) the official DARTS and PC-DARTS steps beside ours.
 # Every part has its own timeout and writes under $OUT (default: ./gpu-out), so a part that
-# hangs or fails leaves the others' results.
+# hangs or fails leaves the others' results. PARTS picks parts by name (default: all).
 #
-#   PYTHONPATH=src bash benchmarks/gpu_session.sh            # on the GPU machine
-#   QUICK=1 PYTHONPATH=src bash benchmarks/gpu_session.sh    # a dry run on a CPU (1 step an epoch)
+#   PYTHONPATH=src bash benchmarks/gpu_session.sh                  # on the GPU machine, all parts
+#   PARTS="graph-tests narrow-bn epochs-eager epochs-graphs" PYTHONPATH=src bash benchmarks/gpu_session.sh
+#   PARTS="darts-step peers-step" PYTHONPATH=src bash benchmarks/gpu_session.sh   # a second call
+#   QUICK=1 PYTHONPATH=src bash benchmarks/gpu_session.sh          # a dry run on a CPU (1 step an epoch)
 #
+# peers-step runs only where the official code lies under peers/darts and peers/pcdarts
+# (model_search.py, operations.py, genotypes.py of each): /peers/ is ignored by git, so it
+# travels to the GPU machine only as `carry: ["peers"]` and is never committed.
 # Record the printed tables in benchmarks/RESULTS.md with the device, torch version and date.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +22,14 @@ mkdir -p "$OUT"
 steps=()
 [ -n "${QUICK:-}" ] && steps=(--steps 1 --batch 8)
 
+want() {  # want NAME: whether PARTS (default: every part) names it
+    [ -z "${PARTS:-}" ] || [[ " $PARTS " == *" $1 "* ]]
+}
+
 part() {  # part NAME SECONDS COMMAND...: one step of the session, its output in $OUT/NAME.txt
     local name=$1 limit=$2
     shift 2
+    want "$name" || return 0
     echo "== $name (at most ${limit}s)"
     timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
     local rc=$?
@@ -41,5 +52,15 @@ if [ -z "${QUICK:-}" ]; then
         --epochs 3 --json "$OUT/epochs-graphs.json"
     part darts-step 120 python3 benchmarks/search_epoch.py --methods darts --steps 40 \
         --json "$OUT/darts.json"
+fi
+# fp32, batch 64, each in its own process: the official DARTS and PC-DARTS, DARTS mode, EnTranNAS.
+if [ -f peers/darts/model_search.py ] && [ -f peers/pcdarts/model_search.py ]; then
+    if [ -n "${QUICK:-}" ]; then
+        peer_args=(--batch 8 --steps 1 --warmup 0)
+    else
+        peer_args=(--batch 64 --steps 10 --warmup 3 --device cuda)
+    fi
+    part peers-step 200 python3 benchmarks/search_step.py "${peer_args[@]}" --configs darts bottleneck \
+        --peers peers --json "$OUT/peers.json"
 fi
 echo "results in $OUT"

@@ -2,7 +2,8 @@
 on a training batch with gradient clipping) for the Table 3 configurations.
 
 Each configuration runs in its own process so peak memory is its own. Memory = peak RSS above
-the RSS right after the network and optimisers are built. `--ops` also counts the top-level
+the RSS right after the network and optimisers are built (with `--device cuda`: the peak
+allocated device memory above what they hold; steps in fp32, timed to a synchronize). `--ops` also counts the top-level
 aten ops of one step (torch.profiler: ops with no aten op above them, forward, backward and
 both optimisers).
 
@@ -12,6 +13,7 @@ both optimisers).
     python benchmarks/search_step.py --batch 64 --configs bottleneck --default-malloc  # glibc as is
     python benchmarks/search_step.py --batch 64 --configs bottleneck --plain-convs     # no cpuconv forms
     python benchmarks/search_step.py --batch 64 --peers DIR --rounds 3   # interleaved, median of 3
+    python benchmarks/search_step.py --batch 64 --peers DIR --device cuda --configs darts bottleneck
 
 entrannas' steps run as the search runs them, with the heap keeping freed memory
 (`accel.retain_freed_memory`); `--default-malloc` leaves glibc's defaults, as the peers run.
@@ -74,31 +76,32 @@ def count_top_level_ops(step) -> int:
     return top_level_aten_ops(prof.events())
 
 
-def _entrannas_step(name: str, default_malloc: bool = False):
+def _entrannas_step(name: str, default_malloc: bool = False, device: str = "cpu"):
     import torch
 
     from entrannas import SuperNet, accel
-    if not default_malloc:
+    if not default_malloc and device == "cpu":
         accel.retain_freed_memory()  # as _Search does
     from entrannas.optim import optimizer_options
     from entrannas.search import search_step
-    net = SuperNet(C=16, layers=8, num_classes=10, **CONFIGS[name])
-    opts = optimizer_options(torch.device("cpu"))  # as the search loop builds them
+    net = SuperNet(C=16, layers=8, num_classes=10, **CONFIGS[name]).to(device)
+    opts = optimizer_options(torch.device(device))  # as the search loop builds them (fused on CUDA)
     w_opt = torch.optim.SGD(net.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4, **opts)
     a_opt = torch.optim.Adam(net.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, **opts)
     return lambda train, val: search_step(net, w_opt, a_opt, train, val)
 
 
-def _peer_step(name: str, peers: str):
+def _peer_step(name: str, peers: str, device: str = "cpu"):
     """The official first-order step of train_search.py (architect.step with unrolled=False,
-    then the weight step), on the CPU."""
+    then the weight step)."""
     import torch
-    torch.Tensor.cuda = lambda self, *a, **k: self  # the official code moves tensors with .cuda()
+    if device == "cpu":
+        torch.Tensor.cuda = lambda self, *a, **k: self  # the official code moves tensors with .cuda()
     which = name.split("-", 1)[1]
     sys.path.insert(0, os.path.join(peers, which))
     from model_search import Network
-    crit = torch.nn.CrossEntropyLoss()
-    model = Network(16, 10, 8, crit)
+    crit = torch.nn.CrossEntropyLoss().to(device)
+    model = Network(16, 10, 8, crit).to(device)
     lr, arch_lr = (0.025, 3e-4) if which == "darts" else (0.1, 6e-4)
     w_opt = torch.optim.SGD(model.parameters(), lr, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=1e-3)
@@ -115,8 +118,9 @@ def _peer_step(name: str, peers: str):
 
 
 def run_one(name: str, batch: int, steps: int, warmup: int, threads: int | None, peers: str | None,
-            ops: bool, default_malloc: bool = False, plain_convs: bool = False) -> dict:
+            ops: bool, default_malloc: bool = False, plain_convs: bool = False, device: str = "cpu") -> dict:
     import torch
+    cuda = device.startswith("cuda")
 
     if plain_convs:
         from entrannas import cpuconv
@@ -124,20 +128,30 @@ def run_one(name: str, batch: int, steps: int, warmup: int, threads: int | None,
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    step = _peer_step(name, peers) if name in PEERS else _entrannas_step(name, default_malloc)
+    step = _peer_step(name, peers, device) if name in PEERS else _entrannas_step(name, default_malloc, device)
     g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g))
-               for _ in range(2)]
+    batches = [(torch.randn(batch, 3, 32, 32, generator=g).to(device),
+                torch.randint(0, 10, (batch,), generator=g).to(device)) for _ in range(2)]
     rss0 = _rss_bytes()
+    if cuda:  # device memory: the peak allocated above what the network and optimisers hold
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         step(batches[0], batches[1])
+        if cuda:
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if cuda:
+        peak_gib = (torch.cuda.max_memory_allocated() - base) / 2**30
+    else:
+        peak_gib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0) / 2**30
     row = dict(config=name, batch=batch, steps=steps, median_s=statistics.median(times),
-               times=times, peak_mem_gib=(peak - rss0) / 2**30, threads=torch.get_num_threads())
+               times=times, peak_mem_gib=peak_gib, threads=torch.get_num_threads(),
+               device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__)
     if ops:  # after timing and memory, so the profiler costs neither
         row["top_level_ops"] = count_top_level_ops(lambda: step(batches[0], batches[1]))
     return row
@@ -158,12 +172,14 @@ def main(argv=None):
                     help="entrannas without the CPU forms of entrannas.cpuconv (oneDNN's NCHW calls)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run every configuration N times, interleaved; report the medians")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, or cuda: steps in fp32 on the GPU, memory as its peak allocation")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args._one:
         print(json.dumps(run_one(args._one, args.batch[0], args.steps, args.warmup, args.threads,
-                                 args.peers, args.ops, args.default_malloc, args.plain_convs)))
+                                 args.peers, args.ops, args.default_malloc, args.plain_convs, args.device)))
         return
     labels = {**LABELS, **PEERS}
     names = (list(PEERS) if args.peers else []) + args.configs
@@ -172,7 +188,7 @@ def main(argv=None):
         for batch in args.batch:
             for name in names:
                 cmd = [sys.executable, __file__, "--_one", name, "--batch", str(batch),
-                       "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
                 if args.threads:
                     cmd += ["--threads", str(args.threads)]
                 if args.peers:
@@ -195,7 +211,8 @@ def main(argv=None):
                        peak_mem_gib=statistics.median(r["peak_mem_gib"] for r in rs),
                        rounds=[{k: r[k] for k in ("median_s", "peak_mem_gib")} for r in rs])
         rows.append(row)
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch threads {rows[0]['threads']}")
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, torch threads {rows[0]['threads']}, "
+          f"device {rows[0]['device']}, torch {rows[0]['torch']}")
     base_name = "official-darts" if args.peers else "darts"
     print(f"\n(ratios against {labels[base_name]} at the same batch)")
     print("\n| batch | configuration | s/step (median) | peak memory (GiB) | time vs DARTS | memory vs DARTS |"
