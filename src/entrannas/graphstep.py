@@ -15,8 +15,9 @@ The arch and weight graphs are keyed by the derived cell and the batch shape. A 
 first time runs eagerly (cuDNN picks its algorithms and the op banks build their index
 tensors, neither of which may happen during a capture); the second time it is captured and
 replayed; after that it is replayed. A graph holds the op-bank plans it was captured with:
-its kernels read their index tensors by address, so the plan cache's evictions must not free them. The learning rate and the temperature are constants inside
-the recorded kernels, so the cache is emptied when an epoch changes them. A capture that fails
+its kernels read their index tensors by address, so the plan cache's evictions must not free
+them. The learning rate and the temperature are constants inside the recorded kernels, so the
+cache is emptied when an epoch changes them. A capture that fails
 leaves that key eager for the rest of the run, and says why once in the log.
 
 The phases compute exactly what `search.search_step` computes (the tests run them through a
