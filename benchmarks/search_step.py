@@ -5,7 +5,7 @@ Each configuration runs in its own process so peak memory is its own. Memory = p
 the RSS right after the network and optimisers are built (with `--device cuda`: the peak
 allocated device memory above what they hold; steps in fp32, timed to a synchronize). `--ops` also counts the top-level
 aten ops of one step (torch.profiler: ops with no aten op above them, forward, backward and
-both optimisers).
+both optimisers) and lists the most frequent ones (all of them by name in `--json`).
 
     python benchmarks/search_step.py                  # all configs, batch 16 and 64
     python benchmarks/search_step.py --batch 64 --steps 5 --configs darts bottleneck
@@ -55,9 +55,12 @@ def _rss_bytes() -> int:
 PEERS = {"official-darts": "DARTS (official)", "official-pcdarts": "PC-DARTS (official)"}
 
 
-def top_level_aten_ops(events) -> int:
+def top_level_aten_ops(events, by_name: bool = False):
     """aten ops among torch.profiler events that have no aten op above them: the ops the
-    Python code dispatched (search_epoch.py counts its steps with it too)."""
+    Python code dispatched (search_epoch.py counts its steps with it too). `by_name`: a
+    Counter of them by op name instead of their number."""
+    from collections import Counter
+
     def top(e):
         p = e.cpu_parent
         while p is not None:
@@ -65,15 +68,16 @@ def top_level_aten_ops(events) -> int:
                 return False
             p = p.cpu_parent
         return True
-    return sum(1 for e in events if e.name.startswith("aten::") and top(e))
+    names = Counter(e.name for e in events if e.name.startswith("aten::") and top(e))
+    return names if by_name else sum(names.values())
 
 
-def count_top_level_ops(step) -> int:
-    """Top-level aten ops of one call of `step`."""
+def count_top_level_ops(step, by_name: bool = False):
+    """Top-level aten ops of one call of `step` (a Counter by name with `by_name`)."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    return top_level_aten_ops(prof.events())
+    return top_level_aten_ops(prof.events(), by_name)
 
 
 def _entrannas_step(name: str, default_malloc: bool = False, device: str = "cpu"):
@@ -153,7 +157,9 @@ def run_one(name: str, batch: int, steps: int, warmup: int, threads: int | None,
                times=times, peak_mem_gib=peak_gib, threads=torch.get_num_threads(),
                device=torch.cuda.get_device_name() if cuda else "cpu", torch=torch.__version__)
     if ops:  # after timing and memory, so the profiler costs neither
-        row["top_level_ops"] = count_top_level_ops(lambda: step(batches[0], batches[1]))
+        names = count_top_level_ops(lambda: step(batches[0], batches[1]), by_name=True)
+        row["top_level_ops"] = sum(names.values())
+        row["ops_by_name"] = dict(names.most_common())
     return row
 
 
@@ -224,6 +230,11 @@ def main(argv=None):
         rm = f"1/{base['peak_mem_gib'] / max(r['peak_mem_gib'], 1e-9):.1f}" if base else "-"
         ops = f" {r['top_level_ops']} |" if "top_level_ops" in r else ""
         print(f"| {r['batch']} | {labels[r['config']]} | {r['median_s']:.3f} | {r['peak_mem_gib']:.2f} | {rt} | {rm} |{ops}")
+    if args.ops:
+        print("\nmost frequent top-level ops per step:")
+        for r in rows:
+            print(f"  {labels[r['config']]} (batch {r['batch']}): "
+                  + ", ".join(f"{k.removeprefix('aten::')} {v}" for k, v in list(r["ops_by_name"].items())[:12]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
