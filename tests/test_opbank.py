@@ -340,3 +340,31 @@ def test_search_steps_of_the_batched_super_net_match_the_plain_one(method):
         if v.is_floating_point():  # against at least 1: some running means are zero but for rounding
             err = float((v - want[k]).abs().max()) / max(1.0, float(want[k].abs().max()))
             assert err < 1e-9, f"{method} {k}: {err:.1e}"
+
+
+@pytest.mark.parametrize("method", ["darts", "entrannas", "dst", "pcdarts"])
+def test_channels_last_super_net_computes_what_the_nchw_one_computes(method):
+    """channels_last is the default on a GPU (run.channels_last=auto): the banks then mix in
+    HWC order (Engine-cells and DST's dense Transit points alike). In float64 on the CPU the
+    logits, alpha/beta gradients and weight gradients of both layouts agree to rounding, for
+    the super-net forward and for the child-net (every cell a Transit-cell)."""
+    torch.manual_seed(8)
+    net = SuperNet(method=method, C=8 if method != "pcdarts" else 16, layers=5).double()
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_(0, 1)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    for child in (False, True):
+        outs = []
+        for last in (False, True):
+            m = copy.deepcopy(net)
+            xi = x
+            if last:
+                m = m.to(memory_format=torch.channels_last)
+                xi = x.contiguous(memory_format=torch.channels_last)
+            out = m(xi, child=child)
+            out.logsumexp(-1).sum().backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
+            outs.append([out.detach(), *grads])
+        for i, (a, b) in enumerate(zip(*outs)):
+            assert _rel(b, a) < 1e-10, f"{method} child={child} tensor {i}: error {_rel(b, a):.1e}"
