@@ -7,9 +7,13 @@
 # hangs or fails leaves the others' results. PARTS picks parts by name (default: all).
 #
 #   PYTHONPATH=src bash benchmarks/gpu_session.sh                  # on the GPU machine, all parts
-#   PARTS="graph-tests narrow-bn epochs-eager epochs-graphs" PYTHONPATH=src bash benchmarks/gpu_session.sh
-#   PARTS="darts-step peers-step" PYTHONPATH=src bash benchmarks/gpu_session.sh   # a second call
 #   QUICK=1 PYTHONPATH=src bash benchmarks/gpu_session.sh          # a dry run on a CPU (1 step an epoch)
+#
+# All parts take about 14 minutes on one GPU (estimated; never run whole), more than one
+# session's device time, so split them by priority over calls of at most 10 minutes:
+#   PARTS="graph-tests epochs-eager epochs-graphs" PYTHONPATH=src bash benchmarks/gpu_session.sh
+#   PARTS="seeds peers-step" PYTHONPATH=src bash benchmarks/gpu_session.sh   # carry: ["peers"]
+#   PARTS="darts-step narrow-bn" PYTHONPATH=src bash benchmarks/gpu_session.sh  # if time is left
 #
 # peers-step runs only where the official code lies under peers/darts and peers/pcdarts
 # (model_search.py, operations.py, genotypes.py of each): /peers/ is ignored by git, so it
@@ -52,6 +56,13 @@ if [ -z "${QUICK:-}" ]; then
         --epochs 3 --json "$OUT/epochs-graphs.json"
     part darts-step 120 python3 benchmarks/search_epoch.py --methods darts --steps 40 \
         --json "$OUT/darts.json"
+fi
+# One EnTranNAS search against five at once on the same GPU (2 epochs, synthetic CIFAR-10 shape).
+if [ -n "${QUICK:-}" ]; then
+    part seeds 120 python3 benchmarks/seeds_at_once.py --seeds 2 --epochs 1 --set data.limit=96 \
+        --set data.eval_limit=64 --set model.C=4 --set model.layers=3 --set optim.batch_size=16 --json "$OUT/seeds.json"
+else
+    part seeds 330 python3 benchmarks/seeds_at_once.py --json "$OUT/seeds.json"
 fi
 # fp32, batch 64, each in its own process: the official DARTS and PC-DARTS, DARTS mode, EnTranNAS.
 if [ -f peers/darts/model_search.py ] && [ -f peers/pcdarts/model_search.py ]; then
