@@ -41,6 +41,20 @@ def test_profile_table_and_json(capsys):
     assert small["params_M"] < 3.35 and small["layers"] == 8
 
 
+def test_plot_and_profile_take_the_genotype_as_train_does(capsys, tmp_path):
+    # `train -g RUN` by habit works for profile and plot too, with the same result as positional.
+    assert main(["profile", "DARTS_V2", "--json"]) == 0
+    positional = json.loads(capsys.readouterr().out)
+    assert main(["profile", "-g", "DARTS_V2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == positional
+    assert main(["plot", "--genotype", "PDARTS", "-o", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").stat().st_size > 0
+    _fails(capsys, ["profile"], "give one genotype")
+    _fails(capsys, ["plot", "-o", str(tmp_path / "q.png")], "give one genotype")
+    _fails(capsys, ["profile", "DARTS_V2", "-g", "PDARTS"], "two genotypes")
+    assert not (tmp_path / "q.png").exists()
+
+
 def test_train_prints_the_summary(capsys, tmp_path):
     argv = ["train", "-g", "PC_DARTS", "-c", "fmnist-eval", "-q", "--out", str(tmp_path / "run")]
     for s in TINY:

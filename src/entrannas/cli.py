@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "are split between them; on a GPU they share it)")
 
     p = sub.add_parser("plot", help="draw the normal and reduction cells of a genotype")
-    p.add_argument("genotype", help="a genotype JSON file, a DARTS-style string, or a built-in name")
+    from .cli_train import add_genotype_arg
+    add_genotype_arg(p)
     p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
     p.add_argument("--title")
 
@@ -125,7 +126,8 @@ def cmd_plot(args) -> int:
     from .plot import plot_genotype
     if Path(args.output).suffix.lower() not in (".png", ".pdf", ".svg"):
         raise _usage(f"cannot tell the picture format of {args.output}: use a .png, .pdf or .svg name")
-    g = load_genotype(args.genotype)
+    from .cli_train import genotype_arg
+    g = load_genotype(genotype_arg(args))
     print(plot_genotype(g, args.output, title=args.title))
     return 0
 

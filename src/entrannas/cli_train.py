@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import ConfigError
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "add_genotype_arg", "genotype_arg"]
 
 DATASETS = ("cifar10", "cifar100", "imagenet", "fashion-mnist")
 SEG_DATASETS = ("voc", "fmnist-scenes")
@@ -18,14 +18,12 @@ SEG_DATASETS = ("voc", "fmnist-scenes")
 
 def add_commands(sub, add_config_args, add_data_dir_arg) -> None:
     t = sub.add_parser("train", help="train a genotype from scratch and measure it (paper section 4)")
-    t.add_argument("--genotype", "-g", metavar="GENOTYPE",
-                   help="a genotype JSON file, a search run folder, a builtin name (DARTS_V2, ...) "
-                        "or a DARTS-style string")
+    t.add_argument("--genotype", "-g", metavar="GENOTYPE", help=GENOTYPE_HELP)
     add_config_args(t, "train")
     t.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("profile", help="params (M) and multiply-adds (M) of a genotype's target network")
-    p.add_argument("genotype", help="a genotype JSON file, a run folder, a builtin name or a DARTS string")
+    add_genotype_arg(p)
     p.add_argument("--task", choices=("classification", "segmentation"), default="classification",
                    help="segmentation: the DeepLabV3 network with the genotype's atrous backbone")
     p.add_argument("--dataset", "-d", choices=DATASETS + SEG_DATASETS,
@@ -45,6 +43,28 @@ def add_commands(sub, add_config_args, add_data_dir_arg) -> None:
     c.add_argument("--macs", action="store_true", help="also count multiply-adds per image of each (slow)")
     c.add_argument("--json", action="store_true", help="print JSON instead of a table")
     c.set_defaults(handler=cmd_child)
+
+
+GENOTYPE_HELP = ("a genotype JSON file, a search run folder, a builtin name (DARTS_V2, ...) "
+                 "or a DARTS-style string")
+
+
+def add_genotype_arg(p) -> None:
+    """The genotype of `plot` and `profile`: positional, or -g/--genotype as `train` and
+    `segment` take it, so either spelling works everywhere."""
+    p.add_argument("genotype", nargs="?", help=GENOTYPE_HELP)
+    p.add_argument("--genotype", "-g", dest="genotype_flag", metavar="GENOTYPE",
+                   help="the same, as a flag (as `train` takes it)")
+
+
+def genotype_arg(args) -> str:
+    """The one genotype given (positional or -g); a usage error if none or two."""
+    given = [g for g in (args.genotype, args.genotype_flag) if g is not None]
+    if len(given) != 1:
+        raise ConfigError(f"give one genotype, as GENOTYPE or -g GENOTYPE ({GENOTYPE_HELP})"
+                          if not given else
+                          f"two genotypes given ({given[0]!r} and -g {given[1]!r}): give one")
+    return given[0]
 
 
 def _positive(text: str) -> int:
@@ -97,7 +117,7 @@ def cmd_train(args) -> int:
 def cmd_profile(args) -> int:
     from .genotype import load_genotype
     from .measure import profile_genotype
-    g = load_genotype(args.genotype)
+    g = load_genotype(genotype_arg(args))
     if args.task == "segmentation":
         return _profile_segmentation(g, args)
     if args.dataset in SEG_DATASETS:
