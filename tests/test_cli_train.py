@@ -55,6 +55,37 @@ def test_plot_and_profile_take_the_genotype_as_train_does(capsys, tmp_path):
     assert not (tmp_path / "q.png").exists()
 
 
+def test_a_search_ends_with_the_train_command_that_retrains_its_cell(capsys, tmp_path):
+    import shlex
+    argv = ["search", "-c", "fmnist-quick", "-q", "--out", str(tmp_path / "my search")]
+    for s in TINY:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    hint = [line for line in capsys.readouterr().out.splitlines() if line.startswith("next")]
+    assert len(hint) == 1
+    command = shlex.split(hint[0].split(": ", 1)[1])  # the folder's space is quoted
+    assert command[:2] == ["entrannas", "train"] and "fmnist-eval" in command
+    for s in TINY:
+        command += ["--set", s]
+    assert main(command[1:] + ["-q", "--out", str(tmp_path / "trained")]) == 0
+    searched = json.loads((tmp_path / "my search" / "genotype.json").read_text())
+    trained = json.loads((tmp_path / "trained" / "genotype.json").read_text())
+    assert (trained["normal"], trained["reduce"]) == (searched["normal"], searched["reduce"])
+
+
+def test_the_train_hint_carries_the_data_set_over():
+    import shlex
+    from entrannas.cli import train_hint
+    cfg = load_config("cifar10-entrannas", ["data.dataset=cifar100", "data.data_dir=/my data"])
+    command = shlex.split(train_hint("runs/c100", cfg))
+    assert command[command.index("-g") + 1] == "runs/c100"
+    preset, sets = command[command.index("-c") + 1], command[command.index("--set") + 1:][:1]
+    train = load_config(preset, sets + [f"data.data_dir={command[command.index('--data-dir') + 1]}"],
+                        kind="train")
+    assert (train.data.dataset, train.data.data_dir) == ("cifar100", "/my data")
+    assert train_hint("runs/x", load_config("fmnist-quick", ["data.dataset=synthetic"])) is None
+
+
 def test_train_prints_the_summary(capsys, tmp_path):
     argv = ["train", "-g", "PC_DARTS", "-c", "fmnist-eval", "-q", "--out", str(tmp_path / "run")]
     for s in TINY:

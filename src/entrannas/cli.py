@@ -118,7 +118,28 @@ def cmd_search(args) -> int:
     print(f"genotype: {result.run_dir / 'genotype.json'}")
     if result.metrics:
         print(f"super-net validation accuracy: {result.val_acc:.2f}%")
+    hint = train_hint(result.run_dir, result.config)
+    if hint:
+        print(f"next, train the cell: {hint}")
     return 0
+
+
+# The train preset that goes with a search's data set (the paper's evaluation settings).
+EVAL_PRESETS = {"fashion-mnist": "fmnist-eval", "cifar10": "cifar10-eval", "imagenet": "imagenet-eval",
+                "cifar100": "cifar10-eval --set data.dataset=cifar100", "folder": "folder-eval"}
+
+
+def train_hint(run_dir, cfg) -> str | None:
+    """The `entrannas train` command that retrains a finished search's cell on its data set
+    (None for synthetic data, which has nothing to retrain on)."""
+    import shlex
+    preset = EVAL_PRESETS.get(cfg.data.dataset) if cfg is not None else None
+    if preset is None:
+        return None
+    cmd = f"entrannas train -g {shlex.quote(str(run_dir))} -c {preset}"
+    if cfg.data.data_dir:
+        cmd += f" --data-dir {shlex.quote(str(cfg.data.data_dir))}"
+    return cmd
 
 
 def cmd_plot(args) -> int:

@@ -183,6 +183,7 @@ class SearchResult:
     run_dir: Path
     genotype: object
     metrics: list[dict]
+    config: SearchConfig | None = None  # the search's resolved config
 
     @property
     def val_acc(self) -> float:
@@ -408,7 +409,7 @@ def _drive(search: _Search, run: RunFolder) -> SearchResult:
         metrics = run.read_metrics()
     finally:
         run.close()  # on an error too: no log file or TensorBoard writer is left open
-    return SearchResult(run.path, genotype, metrics)
+    return SearchResult(run.path, genotype, metrics, cfg)
 
 
 def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | None = None,
@@ -457,4 +458,4 @@ def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | 
                             f"val acc {rows[i]['val_acc']:.2f}% -> {parent.file('genotype.json')}")
         finally:
             parent.close()
-    return SearchResult(parent.path, best, read_metrics(subs[i].run_dir))
+    return SearchResult(parent.path, best, read_metrics(subs[i].run_dir), cfg)
