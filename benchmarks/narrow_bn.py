@@ -1,7 +1,8 @@
 """Affine-free training-mode BatchNorm on narrow maps, forward + backward, in three forms:
 
     native    F.batch_norm (cuDNN on a GPU): what the op banks call
-    var_mean  torch.var_mean over (N, H, W), then (x - mean) * rsqrt(var + eps)
+    var_mean  torch.var_mean over (N, H, W), then (x - mean) * rsqrt(var + eps): the
+              library's form (entrannas.narrowbn, run.narrow_bn=var_mean)
     sums      per-channel sums of x and x^2 over (N, H, W) as one reduction each
 
 On one H200 the native BatchNorm backward on the 4-channel maps behind EnTranNAS' bottleneck
@@ -12,6 +13,7 @@ native outputs, input gradients and running statistics (float32, printed as max 
 
     python benchmarks/narrow_bn.py                          # the shapes of the CIFAR search
     python benchmarks/narrow_bn.py --shape 512 4 32 32 --repeat 200
+    python benchmarks/narrow_bn.py --bf16-channels-last     # the maps of a search on a GPU
 """
 from __future__ import annotations
 
@@ -35,9 +37,9 @@ def _update(rm, rv, mean, var, n, momentum):
 
 
 def var_mean(x, rm, rv, momentum=0.1, eps=1e-5):
-    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0, keepdim=True)
-    _update(rm, rv, mean.flatten(), var.flatten(), x.numel() // x.shape[1], momentum)
-    return (x - mean) * torch.rsqrt(var + eps)
+    # The library's form, what run.narrow_bn=var_mean runs in the super-net.
+    from entrannas.narrowbn import var_mean_batch_norm
+    return var_mean_batch_norm(x, rm, rv, momentum, eps)
 
 
 def sums(x, rm, rv, momentum=0.1, eps=1e-5):
@@ -80,16 +82,21 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--shape", type=int, nargs=4, action="append", help="N C H W (repeatable)")
     ap.add_argument("--repeat", type=int, default=100)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--bf16-channels-last", action="store_true",
+                    help="bfloat16 channels_last maps, as a search on a GPU runs them (default: float32 NCHW)")
     args = ap.parse_args(argv)
+    dtype = torch.bfloat16 if args.bf16_channels_last else torch.float32
+    layout = torch.channels_last if args.bf16_channels_last else torch.contiguous_format
     device = torch.device(args.device)
     rows = []
-    print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}")
+    print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
+          f"{'bfloat16 channels_last' if args.bf16_channels_last else 'float32 NCHW'} maps")
     print("| shape | form | forward + backward (us) | max |dy| | max |dx grad| | max |d running var| |")
     print("|---|---|---|---|---|---|")
     for shape in [tuple(s) for s in args.shape] if args.shape else SHAPES:
         torch.manual_seed(0)
-        x = (3 * torch.randn(shape, device=device) + 1).requires_grad_()
-        g = torch.randn(shape, device=device)
+        x = (3 * torch.randn(shape, device=device) + 1).to(dtype).contiguous(memory_format=layout).requires_grad_()
+        g = torch.randn(shape, device=device).to(dtype).contiguous(memory_format=layout)
         ref = None
         for name, fn in FORMS.items():
             rm, rv = torch.zeros(shape[1], device=device), torch.ones(shape[1], device=device)
@@ -97,7 +104,7 @@ def main(argv=None) -> list[dict]:
             (gx,) = torch.autograd.grad(y, x, g)
             if ref is None:
                 ref = (y.detach(), gx, rv)
-            diffs = [float((a - b).abs().max()) for a, b in zip((y.detach(), gx, rv), ref)]
+            diffs = [float((a.float() - b.float()).abs().max()) for a, b in zip((y.detach(), gx, rv), ref)]
             us = timed(fn, x, g, args.repeat, device)
             rows.append({"shape": shape, "form": name, "us": us, "max_diff": diffs})
             print(f"| {list(shape)} | {name} | {us:.1f} | {diffs[0]:.1e} | {diffs[1]:.1e} | {diffs[2]:.1e} |",

@@ -14,6 +14,7 @@ torch.cuda.max_memory_allocated; CPU: peak resident memory above the bare interp
     python benchmarks/search_epoch.py --steps 3               # CPU: 3 steps an epoch, extrapolated
     python benchmarks/search_epoch.py --json out.json --methods entrannas --epochs 3
     python benchmarks/search_epoch.py --cuda-graphs --epochs 3   # GPU: steps replayed as CUDA graphs
+    python benchmarks/search_epoch.py --cuda-graphs --narrow-bn var_mean   # the narrow BatchNorm form
 
 At least two epochs are timed: the first pays for cuDNN autotuning, the allocator's growth
 and first-call costs, so the 50-epoch time is the timed epochs plus the last (steady) one for
@@ -82,7 +83,8 @@ def profile_step(step, device) -> dict:
 
 
 def run_method(method: str, batch: int, epochs: int, steps: int | None, device: str,
-               precision: str, channels_last: str, threads: int | None, cuda_graphs: bool = False) -> dict:
+               precision: str, channels_last: str, threads: int | None, cuda_graphs: bool = False,
+               narrow_bn: str = "native") -> dict:
     import torch
 
     from entrannas import accel
@@ -96,7 +98,8 @@ def run_method(method: str, batch: int, epochs: int, steps: int | None, device: 
                                         "data.synthetic_shape=[3, 32, 32]", f"optim.batch_size={batch}",
                                         f"run.device={device}", f"run.precision={precision}",
                                         f"run.channels_last={channels_last}",
-                                        f"run.cuda_graphs={str(cuda_graphs).lower()}"])
+                                        f"run.cuda_graphs={str(cuda_graphs).lower()}",
+                                        f"run.narrow_bn={narrow_bn}"])
     # The search loop's own set-up (device checks, loaders, prepared network, optimisers with
     # their device options), so what is timed is what `entrannas search` runs.
     search = _Search(cfg)
@@ -145,7 +148,8 @@ def run_method(method: str, batch: int, epochs: int, steps: int | None, device: 
     return {"method": method, "batch": batch,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "precision": "bf16" if accel.use_bf16(cfg.run, dev) else "fp32",
-            "channels_last": accel.use_channels_last(cfg.run, dev), "steps_per_epoch": per_epoch,
+            "channels_last": accel.use_channels_last(cfg.run, dev), "narrow_bn": narrow_bn,
+            "cuda_graphs": cuda_graphs, "steps_per_epoch": per_epoch,
             "val_batches": val_batches, "steps_timed": n_train, "val_batches_timed": n_val,
             "epoch_measured": n_train == per_epoch and n_val == val_batches, "epochs": timed,
             "s_per_step": step_s, "epoch_s": steady["epoch_s"], "val_s": steady["val_s"],
@@ -179,6 +183,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--threads", type=_at_least(1))
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="replay each derived cell's step as CUDA graphs (run.cuda_graphs; CUDA only)")
+    ap.add_argument("--narrow-bn", default="native", choices=["native", "var_mean"],
+                    help="the super-net's BatchNorm form on maps under 16 channels (run.narrow_bn)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # search_step, in the workers too
@@ -189,7 +195,7 @@ def main(argv=None) -> list[dict]:
         with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
             try:
                 r = pool.submit(run_method, m, batch, args.epochs, args.steps, args.device, args.precision,
-                                args.channels_last, args.threads, args.cuda_graphs).result()
+                                args.channels_last, args.threads, args.cuda_graphs, args.narrow_bn).result()
             except ConfigError as e:  # e.g. bf16 with channels_last on a CPU
                 ap.exit(2, f"{ap.prog}: error: {e}\n")
         rows.append(r)
@@ -200,6 +206,7 @@ def main(argv=None) -> list[dict]:
               f"{r['peak_mem_gib']:.2f} GiB, 50 epochs {r['fifty_epochs_min']:.1f} min", flush=True)
     r0 = rows[0]
     print(f"\ndevice: {r0['device']}, precision {r0['precision']}, channels_last {r0['channels_last']}, "
+          f"CUDA graphs {r0['cuda_graphs']}, narrow BatchNorm {r0['narrow_bn']}, "
           f"torch {r0['torch']}, {r0['date']}; {len(r0['epochs'])} epochs timed")
     print(f"\n| method | batch | first epoch (s) | steady epoch (s) | of it validation (s) | s/step | images/s "
           f"| {r0['kernels_are']}/step | peak GiB | 50 epochs (min) |")

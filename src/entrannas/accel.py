@@ -87,6 +87,8 @@ def autocast(run_cfg, device: torch.device, cache: bool = True):
 
 def prepare(net: torch.nn.Module, run_cfg, device: torch.device) -> torch.nn.Module:
     """Device-wide switches and the network's memory layout; returns the net."""
+    from . import narrowbn
+    narrowbn.set_form(getattr(run_cfg, "narrow_bn", "native"))
     if device.type == "cuda":
         # Fixed shapes every step: let cuDNN pick its fastest convolution algorithms once.
         torch.backends.cudnn.benchmark = True

@@ -144,6 +144,9 @@ class RunConfig:
     # keeping at most graph_cache of them. Off until measured on a GPU (docs/design.md).
     cuda_graphs: bool = False
     graph_cache: int = 8
+    # The super-net's BatchNorms of maps under 16 channels (narrowbn.py): native F.batch_norm,
+    # or var_mean (reductions over N*H*W, GPU candidate; a CPU keeps its own form). Search only.
+    narrow_bn: Literal["native", "var_mean"] = "native"
 
 
 @dataclass

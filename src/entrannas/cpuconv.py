@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import narrowbn
+
 __all__ = ["conv2d", "pool_3x3", "batch_norm", "Conv2d", "MaxPool2d", "AvgPool2d", "ENABLED"]
 
 ENABLED = True
@@ -256,6 +258,8 @@ def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: 
     contiguous gradient for the backward; `keep_output`: keep y rather than x for it)."""
     if training and x.requires_grad and _nchw_cpu(x) and x.is_contiguous():
         return _BatchNorm.apply(x, running_mean, running_var, momentum, eps, keep_output)
+    if narrowbn.wanted(x, training):  # run.narrow_bn=var_mean: the GPU's candidate form
+        return narrowbn.var_mean_batch_norm(x, running_mean, running_var, momentum, eps)
     return F.batch_norm(x, running_mean, running_var, None, None, training, momentum, eps)
 
 
