@@ -120,6 +120,13 @@ def test_the_setting_is_checked_and_prepare_applies_it():
     with pytest.raises(ConfigError, match="native, var_mean"):
         load_config("fmnist-quick", ["run.narrow_bn=sums"])
     cfg = load_config("fmnist-quick", ["run.narrow_bn=var_mean"])
+    # A GPU form for the super-net: refused on a CPU and in target-network training.
+    with pytest.raises(ConfigError, match="GPU form"):
+        accel.check(cfg.run, torch.device("cpu"), search=True)
+    with pytest.raises(ConfigError, match="target network"):
+        accel.check(cfg.run, torch.device("cuda"))
+    accel.check(cfg.run, torch.device("cuda"), search=True)
+    accel.check(load_config("fmnist-quick").run, torch.device("cpu"), search=True)
     try:
         accel.prepare(torch.nn.Identity(), cfg.run, torch.device("cpu"))
         assert narrowbn.wanted(torch.zeros(2, 4, 3, 3), training=True)

@@ -34,7 +34,8 @@ def check(run_cfg, device: torch.device, search: bool = False) -> None:
     """Refuse switch settings known to give wrong numbers on `device`, before any work: bf16
     autocast over channels_last maps on a CPU gave NaN losses at batch 4 and 16 while each
     switch alone stays finite, so a run asking for both would train on garbage. Also refused:
-    CUDA graphs (graphstep.py) anywhere but in a search on a CUDA device."""
+    CUDA graphs (graphstep.py) and a narrow BatchNorm form other than native (narrowbn.py)
+    anywhere but in a search on a GPU."""
     from .config import ConfigError
     if getattr(run_cfg, "cuda_graphs", False):
         if not search:
@@ -43,6 +44,13 @@ def check(run_cfg, device: torch.device, search: bool = False) -> None:
         if device.type != "cuda":
             raise ConfigError(f"run.cuda_graphs=true needs a CUDA device, and this run is on "
                               f"{device}: drop it, or set run.device=cuda on a machine with a GPU")
+    if getattr(run_cfg, "narrow_bn", "native") != "native":
+        if not search:
+            raise ConfigError(f"run.narrow_bn={run_cfg.narrow_bn} sets the super-net's BatchNorm form; "
+                              f"training a target network does not use it: drop the setting")
+        if device.type == "cpu":
+            raise ConfigError(f"run.narrow_bn={run_cfg.narrow_bn} is a GPU form, and this run is on the CPU, "
+                              f"whose own BatchNorm form is faster: drop it (or set run.narrow_bn=native)")
     if device.type == "cpu" and use_bf16(run_cfg, device) and use_channels_last(run_cfg, device):
         raise ConfigError("run.precision=bf16 with run.channels_last=true is not supported on a CPU "
                           "(the loss becomes NaN): set run.channels_last=false (or auto) to keep bf16, "

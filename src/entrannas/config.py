@@ -145,7 +145,7 @@ class RunConfig:
     cuda_graphs: bool = False
     graph_cache: int = 8
     # The super-net's BatchNorms of maps under 16 channels (narrowbn.py): native F.batch_norm,
-    # or var_mean (reductions over N*H*W, GPU candidate; a CPU keeps its own form). Search only.
+    # or var_mean (reductions over N*H*W). var_mean: search only, GPU only (accel.check).
     narrow_bn: Literal["native", "var_mean"] = "native"
 
 

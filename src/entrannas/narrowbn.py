@@ -12,9 +12,10 @@ It computes what F.batch_norm computes in training (the biased variance to norma
 unbiased one in the running variance, momentum updates in place), to float rounding
 (tests/test_narrowbn.py). Whether it is faster on a GPU has not been measured yet, so the
 default is `native`; `benchmarks/narrow_bn.py` times the two per call and
-`benchmarks/search_epoch.py --narrow-bn var_mean` a whole search epoch. A CPU keeps its own
-BatchNorm form (cpuconv.py), which is faster there than either; under torchrun the statistics
-are synchronised by SyncBatchNorm's kernels, as before.
+`benchmarks/search_epoch.py --narrow-bn var_mean` a whole search epoch. A run asks for it on
+a GPU only (accel.check refuses it on a CPU, where cpuconv.py's form is faster than either);
+the tests call it on a CPU directly. Under torchrun the statistics are synchronised by
+SyncBatchNorm's kernels, as before.
 """
 from __future__ import annotations
 
