@@ -5,6 +5,7 @@ import contextlib
 
 import pytest
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
@@ -210,14 +211,17 @@ def test_cpu_autocast_takes_the_plain_calls():
 
 @pytest.mark.parametrize("keep_output", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, TOL)])
-def test_batch_norm_matches_and_backs_a_channel_block_of_a_gradient_contiguously(keep_output, dtype, tol):
+@pytest.mark.parametrize("hw", [5, 24])  # 24: over _VECTOR_STATS_MIN, the vectorised statistics
+def test_batch_norm_matches_and_backs_a_channel_block_of_a_gradient_contiguously(keep_output, dtype, tol, hw):
     """cpuconv.batch_norm is affine-free F.batch_norm (output, running statistics, input
     gradient), for a gradient that is a channel block of a larger one (a concatenation's), and
-    whether it keeps its input or its output for the backward. Its backward hands ATen's kernel
+    whether it keeps its input or its output for the backward, on a small map (ATen's kernel)
+    and on one whose statistics are vectorised reductions. Its backward hands ATen's kernel
     a contiguous gradient (the strided one took a serial loop, 3.3-4.4x slower)."""
+    assert (8 * 6 * hw * hw >= cpuconv._VECTOR_STATS_MIN) == (hw == 24)
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(8, 6, 5, 5, generator=g) * 3 + 1).to(dtype)
-    grad = torch.randn(8, 12, 5, 5, generator=g).to(dtype)[:, 3:9]
+    x = (torch.randn(8, 6, hw, hw, generator=g) * 3 + 1).to(dtype)
+    grad = torch.randn(8, 12, hw, hw, generator=g).to(dtype)[:, 3:9]
     results = []
     for f in (lambda t, m, v: F.batch_norm(t, m, v, None, None, True, 0.1, 1e-5),
               lambda t, m, v: cpuconv.batch_norm(t, m, v, True, 0.1, 1e-5, keep_output)):
@@ -239,6 +243,52 @@ def test_batch_norm_matches_and_backs_a_channel_block_of_a_gradient_contiguously
     with Backwards():
         cpuconv.batch_norm(x.clone().requires_grad_(), None, None, True, keep_output=keep_output).backward(grad)
     assert seen == [True]
+
+
+def test_batch_norm_statistics_of_a_large_map_skip_atens_scalar_loops():
+    """A map of _VECTOR_STATS_MIN elements or more gets its statistics from vectorised sums
+    (ATen's CPU forward gathers them in serial float64 loops, about 4x slower), with or without
+    a gradient, and with the affine transform; a smaller one keeps ATen's single call."""
+    big = torch.randn(16, 4, 16, 16, requires_grad=True)
+    small = torch.randn(4, 4, 8, 8, requires_grad=True)
+    run = lambda t: cpuconv.batch_norm(t, torch.zeros(4), torch.ones(4), True)  # noqa: E731
+    assert "aten::native_batch_norm" not in _ops(lambda: run(big))
+    assert "aten::native_batch_norm" in _ops(lambda: run(small))
+    assert "aten::native_batch_norm" not in _ops(lambda: run(big.detach()))
+    assert "aten::native_batch_norm" not in _ops(lambda: cpuconv.BatchNorm2d(4)(big))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, TOL)])
+@pytest.mark.parametrize("hw", [5, 24])
+def test_batchnorm2d_module_is_nn_batchnorm2d(momentum, dtype, tol, hw):
+    """cpuconv.BatchNorm2d (the target networks' and stems' affine BatchNorm) computes what
+    nn.BatchNorm2d computes in training over two steps: output, running statistics and their
+    count, and the gradients of the input, weight and bias; in eval mode it is nn's call, and
+    the state dicts are the same."""
+    g = torch.Generator().manual_seed(0)
+    mods = [nn.BatchNorm2d(6, momentum=momentum).to(dtype), cpuconv.BatchNorm2d(6, momentum=momentum).to(dtype)]
+    with torch.no_grad():
+        for m in mods:
+            m.weight.copy_(torch.linspace(0.5, 2, 6))
+            m.bias.copy_(torch.linspace(-1, 1, 6))
+    xs = [(torch.randn(8, 6, hw, hw, generator=g) * 3 + 1).to(dtype) for _ in range(2)]
+    grad = torch.randn(8, 6, hw, hw, generator=g).to(dtype)
+    results = []
+    for m in mods:
+        out = []
+        for x in xs:
+            t = x.clone().requires_grad_()
+            y = m(t)
+            y.backward(grad)
+            out += [y.detach(), t.grad]
+        out += [m.weight.grad, m.bias.grad, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()]
+        m.eval()
+        out.append(m(xs[0]))
+        results.append(out)
+    for a, b in zip(*results):
+        assert float((a - b).abs().max()) <= tol * max(1.0, float(a.abs().max()))
+    assert mods[0].state_dict().keys() == mods[1].state_dict().keys()
 
 
 def test_batch_norm_keeping_its_output_frees_its_input():

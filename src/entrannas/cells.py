@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .arch import EDGES, NUM_NODES, Selection, edge_index
 from .layers import channel_shuffle
-from .cpuconv import Conv2d, MaxPool2d
+from .cpuconv import BatchNorm2d, Conv2d, MaxPool2d
 from .ops import POOLS, FactorizedReduce, ReLUConvBN, build_op
 
 __all__ = ["SearchCell", "EngineCell", "TransitCell", "ConvBN1x1"]
@@ -33,7 +33,7 @@ class ConvBN1x1(nn.Sequential):
     before the ops (every parametric op starts with its own ReLU)."""
 
     def __init__(self, C_in: int, C_out: int):
-        super().__init__(Conv2d(C_in, C_out, 1, bias=False), nn.BatchNorm2d(C_out, affine=False))
+        super().__init__(Conv2d(C_in, C_out, 1, bias=False), BatchNorm2d(C_out, affine=False))
 
 
 def init_search_cell(cell: nn.Module, op_names, C_prev_prev: int, C_prev: int, C: int,
@@ -83,7 +83,7 @@ class SearchCell(nn.Module):
         # matters for the weighted sum: a Transit-cell (like the target-net) runs plain pools.
         self.pool_ops = tuple(k for k, name in enumerate(self.op_names) if name in POOLS)
         self.mix_norm = nn.ModuleDict({
-            f"{u}_{k}": nn.BatchNorm2d(C_op, affine=False)
+            f"{u}_{k}": BatchNorm2d(C_op, affine=False)
             for u in range(len(sources)) for k in self.pool_ops})
         self._op_index: dict[tuple, torch.Tensor] = {}  # op lists as device index tensors
 

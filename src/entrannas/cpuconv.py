@@ -19,11 +19,14 @@ where oneDNN's NCHW kernels on a CPU are slow:
   several samples side by side as channels first. [64, 4, 32, 32], stride 1: max 3.51 against
   1.24 ms, average 2.17 against 1.02 ms, copies included (benchmarks/RESULTS.md);
 * BatchNorm's backward is 3 to 4.5x slower when its gradient is a channel block of a wider one
-  (a concatenation's), which sends ATen into a serial per-channel loop.
+  (a concatenation's), which sends ATen into a serial per-channel loop; its training-mode
+  forward gathers the statistics in serial per-channel loops with a float64 accumulator:
+  1.0 ms for [64, 16, 32, 32] against about 0.26 ms as vectorised sums.
 
 So on a CPU, for a float NCHW map, `conv2d` runs stride-1 1x1 convolutions as `bmm` and stride-1
 depthwise convolutions batch-folded, `pool_3x3` pools a channels_last copy, and `batch_norm`
-hands its backward a contiguous gradient; outputs come back NCHW. Only the order of sums
+(and `BatchNorm2d`) takes its statistics as vectorised sums and hands its backward a contiguous
+gradient; outputs come back NCHW. Only the order of sums
 changes: in float64 a whole super-net's
 outputs and gradients agree with the plain calls to 1e-12, in float32 each op's to float
 rounding (tests/test_cpuconv.py). On CUDA, for maps a run already keeps channels_last, and
@@ -39,7 +42,7 @@ import torch.nn.functional as F
 
 from . import narrowbn
 
-__all__ = ["conv2d", "pool_3x3", "batch_norm", "Conv2d", "MaxPool2d", "AvgPool2d", "ENABLED"]
+__all__ = ["conv2d", "pool_3x3", "batch_norm", "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "ENABLED"]
 
 ENABLED = True
 
@@ -202,8 +205,8 @@ def _fold(B: int, C: int, width: int = 16) -> int:
 
 
 class _BatchNorm(torch.autograd.Function):
-    """Affine-free training-mode BatchNorm whose backward gets a contiguous gradient, and which
-    can keep its output instead of its input for the backward.
+    """Training-mode BatchNorm with the statistics of `_normalise`, whose backward gets a
+    contiguous gradient, and which can keep its output instead of its input for the backward.
 
     ATen's CPU BatchNorm backward takes a serial per-channel loop when the gradient is not
     contiguous, which it often is here (a channel block of a concatenation's gradient): 3.3 to
@@ -215,14 +218,13 @@ class _BatchNorm(torch.autograd.Function):
     y as the input, zero mean, unit invstd and invstd as the weight."""
 
     @staticmethod
-    def forward(ctx, x, running_mean, running_var, momentum, eps, keep_output):
-        y, mean, invstd = torch.ops.aten.native_batch_norm(x, None, None, running_mean, running_var,
-                                                          True, momentum, eps)
-        ctx.eps, ctx.keep_output = eps, keep_output
-        if keep_output:
+    def forward(ctx, x, running_mean, running_var, momentum, eps, keep_output, weight, bias):
+        y, mean, invstd = _normalise(x, weight, bias, running_mean, running_var, momentum, eps)
+        ctx.eps, ctx.keep_output = eps, keep_output and weight is None and bias is None
+        if ctx.keep_output:
             ctx.save_for_backward(y, invstd)
         else:
-            ctx.save_for_backward(x, mean, invstd)
+            ctx.save_for_backward(x, mean, invstd, weight)
         return y
 
     @staticmethod
@@ -234,11 +236,48 @@ class _BatchNorm(torch.autograd.Function):
             zero, one = _constants(invstd)
             gx = torch.ops.aten.native_batch_norm_backward(gy, y, invstd, None, None, zero, one, True,
                                                            ctx.eps, [True, False, False])[0]
-        else:
-            x, mean, invstd = ctx.saved_tensors
-            gx = torch.ops.aten.native_batch_norm_backward(gy, x, None, None, None, mean, invstd, True,
-                                                           ctx.eps, [True, False, False])[0]
-        return gx, None, None, None, None, None
+            return gx, None, None, None, None, None, None, None
+        x, mean, invstd, weight = ctx.saved_tensors
+        wants = ctx.needs_input_grad
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            gy, x, weight, None, None, mean, invstd, True, ctx.eps, [wants[0], wants[6], wants[7]])
+        return gx, None, None, None, None, None, gw, gb
+
+
+# Below this many elements ATen's one call is cheaper than `_normalise`'s few vectorised ones.
+_VECTOR_STATS_MIN = 1 << 14
+
+
+def _normalise(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+               running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               momentum: float, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Training-mode BatchNorm of an NCHW map: (y, mean, invstd), the running statistics
+    updated in place, as aten.native_batch_norm returns and updates them.
+
+    ATen's CPU kernel gathers each channel's mean and variance in scalar loops with a float64
+    accumulator (a serial chain of dependent adds), about 1 GB/s: 1.0 ms for [64, 16, 32, 32].
+    The same two passes as vectorised reductions, mean = sum(x)/n, then
+    var = sum((x - mean)^2)/n, with the normalisation (and the affine transform) done in place
+    on x - mean, take about a quarter of that (benchmarks/RESULTS.md); the sums are float32
+    cascade sums, so y agrees with ATen's to about 1e-6 on maps of unit scale
+    (tests/test_cpuconv.py)."""
+    C = x.shape[1]
+    n = x.numel() // C
+    if x.numel() < _VECTOR_STATS_MIN or n < 2:  # n < 2: ATen's own error
+        return torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+    with torch.no_grad():  # _BatchNorm's backward is ATen's; outside it no gradient is wanted
+        dims = (0, 2, 3)
+        mean = x.sum(dims).div_(n)
+        d = x - mean.view(1, C, 1, 1)
+        var = (d * d).sum(dims).div_(n)
+        if running_mean is not None:  # the running variance is the unbiased one, as ATen keeps it
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            running_var.mul_(1 - momentum).add_(var, alpha=momentum * n / (n - 1))
+        invstd = var.add_(eps).rsqrt_()
+        d.mul_((invstd if weight is None else invstd * weight).view(1, C, 1, 1))
+        if bias is not None:
+            d.add_(bias.view(1, C, 1, 1))
+    return d, mean, invstd
 
 
 _CONSTANTS: dict = {}
@@ -253,14 +292,21 @@ def _constants(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
-               training: bool, momentum: float = 0.1, eps: float = 1e-5, keep_output: bool = False):
-    """F.batch_norm without an affine transform; on a CPU in training, `_BatchNorm` (a
-    contiguous gradient for the backward; `keep_output`: keep y rather than x for it)."""
-    if training and x.requires_grad and _nchw_cpu(x) and x.is_contiguous():
-        return _BatchNorm.apply(x, running_mean, running_var, momentum, eps, keep_output)
+               training: bool, momentum: float = 0.1, eps: float = 1e-5, keep_output: bool = False,
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.batch_norm; on a CPU NCHW map in training, with `_normalise`'s statistics, through
+    `_BatchNorm` where a gradient is wanted (a contiguous gradient for the backward;
+    `keep_output`: keep y rather than x for it, affine-free only)."""
+    if training and _nchw_cpu(x):
+        wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+        if not wants_grad:
+            return _normalise(x, weight, bias, running_mean, running_var, momentum, eps)[0]
+        if x.is_contiguous():
+            return _BatchNorm.apply(x, running_mean, running_var, momentum, eps, keep_output, weight, bias)
     if narrowbn.wanted(x, training):  # run.narrow_bn=var_mean: the GPU's candidate form
-        return narrowbn.var_mean_batch_norm(x, running_mean, running_var, momentum, eps)
-    return F.batch_norm(x, running_mean, running_var, None, None, training, momentum, eps)
+        if weight is None and bias is None:
+            return narrowbn.var_mean_batch_norm(x, running_mean, running_var, momentum, eps)
+    return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
 def _pool_form(x: torch.Tensor, stride, kind: str, plain):
@@ -297,6 +343,23 @@ class Conv2d(nn.Conv2d):
         if bias is not None or self.padding_mode != "zeros" or isinstance(self.padding, str):
             return super()._conv_forward(x, weight, bias)
         return conv2d(x, weight, self.stride, self.padding, self.dilation, self.groups)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """nn.BatchNorm2d (same parameters, buffers and state dict) whose training-mode forward on
+    an NCHW CPU map takes `batch_norm`'s vectorised statistics; otherwise nn.BatchNorm2d's."""
+
+    def forward(self, x):
+        if not (self.training and _nchw_cpu(x)):
+            return super().forward(x)
+        self._check_input_dim(x)
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:  # nn.BatchNorm2d's bookkeeping, momentum=None included
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        return batch_norm(x, self.running_mean, self.running_var, True, momentum, self.eps,
+                          weight=self.weight, bias=self.bias)
 
 
 def _darts_pool(pool) -> bool:

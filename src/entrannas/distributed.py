@@ -35,6 +35,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from .cpuconv import BatchNorm2d
+
 __all__ = ["PeerError", "together", "init_from_env", "shutdown", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
            "allreduce_sum", "broadcast_params", "broadcast_object", "assert_same_on_all_ranks",
            "SyncBatchNorm2d", "sync_batch_norm", "convert_sync_batchnorm", "per_rank_batch"]
@@ -257,11 +259,11 @@ def sync_batch_norm(x: torch.Tensor, running_mean: torch.Tensor | None, running_
     return y
 
 
-class SyncBatchNorm2d(nn.BatchNorm2d):
+class SyncBatchNorm2d(BatchNorm2d):
     """BatchNorm2d whose training-mode statistics cover the global batch of all ranks
     (`sync_batch_norm`); works on CPU (gloo) and GPU. Same parameters, buffers and state_dict
     keys as nn.BatchNorm2d, so checkpoints move freely between single- and multi-process runs.
-    Eval mode, or a single process, is plain BatchNorm2d."""
+    Eval mode, or a single process, is cpuconv.BatchNorm2d (nn.BatchNorm2d's, faster on a CPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
@@ -280,7 +282,7 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm2d in `module` by a SyncBatchNorm2d holding the same parameters and
     buffers (in place; returns the module)."""
     for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
+        if type(child) in (nn.BatchNorm2d, BatchNorm2d):
             new = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
                                   child.track_running_stats, device=child.running_mean.device
                                   if child.running_mean is not None else None)

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpuconv import BatchNorm2d
 from .layers import drop_path
 from .ops import FactorizedReduce, ReLUConvBN, build_op
 
@@ -114,11 +115,11 @@ class _AuxiliaryHead(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.pool = nn.AvgPool2d(5, stride=pool_stride, padding=0, count_include_pad=False)
         layers: list[nn.Module] = [
-            nn.Conv2d(C, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=True),
+            nn.Conv2d(C, 128, 1, bias=False), BatchNorm2d(128), nn.ReLU(inplace=True),
             nn.Conv2d(128, 768, 2, bias=False),
         ]
         if bn_after_768:
-            layers.append(nn.BatchNorm2d(768))
+            layers.append(BatchNorm2d(768))
         layers.append(nn.ReLU(inplace=True))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(768, num_classes)
@@ -201,7 +202,7 @@ class NetworkCIFAR(_TargetNetwork):
         C_stem = 3 * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False),
-            nn.BatchNorm2d(C_stem),
+            BatchNorm2d(C_stem),
         )
         self._build_cells(genotype, C, layers, C_stem, False, num_classes, auxiliary,
                           AuxiliaryHeadCIFAR)
@@ -224,15 +225,15 @@ class NetworkImageNet(_TargetNetwork):
         self.drop_path_prob = float(drop_path_prob)
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
+            BatchNorm2d(C // 2),
             nn.ReLU(inplace=True),
             nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
+            BatchNorm2d(C),
         )
         self.stem1 = nn.Sequential(
             nn.ReLU(inplace=True),
             nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
+            BatchNorm2d(C),
         )
         # stem0's output is at twice stem1's resolution, hence reduction_prev for cell 0
         self._build_cells(genotype, C, layers, C, True, num_classes, auxiliary,

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cpuconv import AvgPool2d, Conv2d, MaxPool2d, conv2d
+from .cpuconv import AvgPool2d, BatchNorm2d, Conv2d, MaxPool2d, conv2d
 from .layers import offset_pair
 
 __all__ = [
@@ -34,7 +34,7 @@ class ReLUConvBN(nn.Sequential):
         super().__init__(
             nn.ReLU(inplace=False),
             Conv2d(C_in, C_out, kernel, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -47,7 +47,7 @@ class DilConv(nn.Sequential):
             Conv2d(C_in, C_in, kernel, stride=stride, padding=padding, dilation=dilation,
                       groups=C_in, bias=False),
             Conv2d(C_in, C_out, 1, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -69,7 +69,7 @@ class FactorizedConv(nn.Sequential):
             nn.ReLU(inplace=False),
             Conv2d(C_in, C_in, (1, k), stride=(1, stride), padding=(0, k // 2), bias=False),
             Conv2d(C_in, C_out, (k, 1), stride=(stride, 1), padding=(k // 2, 0), bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            BatchNorm2d(C_out, affine=affine),
         )
 
 
@@ -89,7 +89,7 @@ class FactorizedReduce(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = Conv2d(C_in, C_out // 2, 1, bias=False)
         self.conv_2 = Conv2d(C_in, C_out // 2, 1, bias=False)
-        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+        self.bn = BatchNorm2d(C_out, affine=affine)
         # 1 in an atrous backbone (segnet.py): the same weights, the offset branch reading
         # the pixel one down and right, the resolution kept
         self.stride = 2

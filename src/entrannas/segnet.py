@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cpuconv import BatchNorm2d
 from .evalnet import NetworkImageNet, _as_genotype
 from .ops import FactorizedReduce
 
@@ -94,7 +95,7 @@ class AtrousBackbone(nn.Module):
 def _conv_bn_relu(C_in: int, C_out: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (kernel - 1) // 2
     return nn.Sequential(nn.Conv2d(C_in, C_out, kernel, padding=pad, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(C_out), nn.ReLU(inplace=True))
+                         BatchNorm2d(C_out), nn.ReLU(inplace=True))
 
 
 class _ImagePooling(nn.Module):

@@ -17,6 +17,7 @@ import torch.nn as nn
 from .arch import (EDGES, NUM_NODES, Selection, Temperature, derive_dst, derive_top2,
                    dst_coefficients, dst_regulariser, edge_index, edge_normalization, softmax_t)
 from .cells import EngineCell, TransitCell
+from .cpuconv import BatchNorm2d
 from .opbank import BankedCell
 from .ops import op_names
 
@@ -187,16 +188,16 @@ class SuperNet(nn.Module):
         if self.stem_type == "cifar":
             self._stem_out = multiplier * C
             self.stem = nn.Sequential(nn.Conv2d(in_channels, self._stem_out, 3, padding=1, bias=False),
-                                      nn.BatchNorm2d(self._stem_out))
+                                      BatchNorm2d(self._stem_out))
             return
         # ImageNet: three stride-2 3x3 convs, 224 -> 28 (paper section 4.3).
         self._stem_out = C
         self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C // 2),
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False), BatchNorm2d(C // 2),
             nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False), BatchNorm2d(C))
         self.stem1 = nn.Sequential(nn.ReLU(inplace=False),
-                                   nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(C))
+                                   nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False), BatchNorm2d(C))
 
     # -- parameters ------------------------------------------------------------------------
     def _arch_names(self) -> tuple[str, ...]:
