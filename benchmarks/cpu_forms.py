@@ -3,12 +3,15 @@ sizes of the CIFAR-shape super-net at batch 64 (C=16, bottleneck 4: 4-channel 32
 the bottleneck, 16 and 32 channels around it). Each figure is the median of --repeat calls
 after two warm-up calls, in milliseconds, with the heap keeping freed memory as the search does.
 
-    python benchmarks/cpu_forms.py                 # all three tables
+    python benchmarks/cpu_forms.py                 # all four tables
     python benchmarks/cpu_forms.py --only bn pool  # some of them
 
 * bn: BatchNorm's backward with a contiguous gradient, with a gradient that is a channel block
   of a 4x wider one (a concatenation's: ATen loops serially per channel then), and with that
   block copied first (what cpuconv.batch_norm does).
+* bn-forward: a training-mode BatchNorm's forward (statistics, normalisation, running
+  statistics) as ATen's call against cpuconv's vectorised statistics (`cpuconv._normalise`),
+  affine-free and affine.
 * pool: a 3x3 max and average pool, forward and backward, on the NCHW map against a
   channels_last copy with samples side by side as channels (cpuconv's form, copies included).
 * depthwise: a stride-1 depthwise convolution's forward and backward (input and kernel
@@ -58,6 +61,22 @@ def bn_table(repeat: int) -> None:
         print(f"| {list(shape)} | {timed(back(block.contiguous()), repeat):.3f} | "
               f"{timed(back(block), repeat):.3f} | "
               f"{timed(lambda: back(block.contiguous())(), repeat):.3f} |")
+
+
+def bn_forward_table(repeat: int) -> None:
+    print("\n| map | ATen | vectorised statistics | ATen, affine | vectorised, affine |")
+    print("|---|---|---|---|---|")
+    for shape in [(64, 4, 32, 32), (64, 16, 32, 32), (64, 32, 16, 16), (64, 64, 8, 8), (64, 48, 32, 32)]:
+        C = shape[1]
+        x = torch.randn(shape)
+        rm, rv = torch.zeros(C), torch.ones(C)
+        w, b = torch.rand(C) + 0.5, torch.randn(C)
+        cells = []
+        for weight, bias in ((None, None), (w, b)):
+            cells.append(timed(lambda: torch.ops.aten.native_batch_norm(x, weight, bias, rm, rv, True, 0.1, 1e-5),
+                               repeat))
+            cells.append(timed(lambda: cpuconv._normalise(x, weight, bias, rm, rv, 0.1, 1e-5), repeat))
+        print(f"| {list(shape)} | " + " | ".join(f"{t:.3f}" for t in cells) + " |")
 
 
 def pool_table(repeat: int) -> None:
@@ -128,13 +147,14 @@ def with_forms(on: bool) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="+", choices=["bn", "pool", "depthwise"], default=["bn", "pool", "depthwise"])
+    ap.add_argument("--only", nargs="+", choices=["bn", "bn-forward", "pool", "depthwise"],
+                    default=["bn", "bn-forward", "pool", "depthwise"])
     ap.add_argument("--repeat", type=int, default=20)
     args = ap.parse_args(argv)
     accel.retain_freed_memory()
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; milliseconds, "
           f"median of {args.repeat}")
-    tables = {"bn": bn_table, "pool": pool_table, "depthwise": depthwise_table}
+    tables = {"bn": bn_table, "bn-forward": bn_forward_table, "pool": pool_table, "depthwise": depthwise_table}
     for name in args.only:
         tables[name](args.repeat)
 

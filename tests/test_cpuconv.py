@@ -218,7 +218,7 @@ def test_batch_norm_matches_and_backs_a_channel_block_of_a_gradient_contiguously
     whether it keeps its input or its output for the backward, on a small map (ATen's kernel)
     and on one whose statistics are vectorised reductions. Its backward hands ATen's kernel
     a contiguous gradient (the strided one took a serial loop, 3.3-4.4x slower)."""
-    assert (8 * 6 * hw * hw >= cpuconv._VECTOR_STATS_MIN) == (hw == 24)
+    assert cpuconv._vectorised_statistics(torch.empty(8, 6, hw, hw)) == (hw == 24)
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(8, 6, hw, hw, generator=g) * 3 + 1).to(dtype)
     grad = torch.randn(8, 12, hw, hw, generator=g).to(dtype)[:, 3:9]
@@ -246,16 +246,22 @@ def test_batch_norm_matches_and_backs_a_channel_block_of_a_gradient_contiguously
 
 
 def test_batch_norm_statistics_of_a_large_map_skip_atens_scalar_loops():
-    """A map of _VECTOR_STATS_MIN elements or more gets its statistics from vectorised sums
-    (ATen's CPU forward gathers them in serial float64 loops, about 4x slower), with or without
-    a gradient, and with the affine transform; a smaller one keeps ATen's single call."""
+    """A map of _VECTOR_STATS_MIN elements or more, with 16 pixels a channel or more, gets its
+    statistics from vectorised sums (ATen's CPU forward gathers them in serial float64 loops,
+    about 4x slower in a step), with or without a gradient, and with the affine transform; a smaller
+    map, or one of few pixels, keeps ATen's single call (faster there)."""
     big = torch.randn(16, 4, 16, 16, requires_grad=True)
     small = torch.randn(4, 4, 8, 8, requires_grad=True)
-    run = lambda t: cpuconv.batch_norm(t, torch.zeros(4), torch.ones(4), True)  # noqa: E731
+    few_pixels = torch.randn(16, 256, 2, 2, requires_grad=True)
+    assert big.numel() == few_pixels.numel() == cpuconv._VECTOR_STATS_MIN
+
+    def run(t):
+        return cpuconv.batch_norm(t, torch.zeros(t.shape[1]), torch.ones(t.shape[1]), True)
     assert "aten::native_batch_norm" not in _ops(lambda: run(big))
-    assert "aten::native_batch_norm" in _ops(lambda: run(small))
     assert "aten::native_batch_norm" not in _ops(lambda: run(big.detach()))
     assert "aten::native_batch_norm" not in _ops(lambda: cpuconv.BatchNorm2d(4)(big))
+    assert "aten::native_batch_norm" in _ops(lambda: run(small))
+    assert "aten::native_batch_norm" in _ops(lambda: run(few_pixels))
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

@@ -244,8 +244,15 @@ class _BatchNorm(torch.autograd.Function):
         return gx, None, None, None, None, None, gw, gb
 
 
-# Below this many elements ATen's one call is cheaper than `_normalise`'s few vectorised ones.
+# Below this many elements, or under 16 pixels a channel, ATen's one call is cheaper than
+# `_normalise`'s few vectorised ones. Timed alone, in a loop that keeps the map in cache, the
+# two are about even at 2**16 elements; inside a search step the form already wins below that:
+# the whole EnTranNAS step was 5% faster with 2**14 than with 2**17 (benchmarks/RESULTS.md).
 _VECTOR_STATS_MIN = 1 << 14
+
+
+def _vectorised_statistics(x: torch.Tensor) -> bool:
+    return x.numel() >= _VECTOR_STATS_MIN and x.shape[2] * x.shape[3] >= 16
 
 
 def _normalise(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -263,7 +270,7 @@ def _normalise(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     (tests/test_cpuconv.py)."""
     C = x.shape[1]
     n = x.numel() // C
-    if x.numel() < _VECTOR_STATS_MIN or n < 2:  # n < 2: ATen's own error
+    if not _vectorised_statistics(x) or n < 2:  # n < 2: ATen's own error
         return torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
     with torch.no_grad():  # _BatchNorm's backward is ATen's; outside it no gradient is wanted
         dims = (0, 2, 3)
