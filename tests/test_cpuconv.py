@@ -211,14 +211,14 @@ def test_cpu_autocast_takes_the_plain_calls():
 
 @pytest.mark.parametrize("keep_output", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, TOL)])
-@pytest.mark.parametrize("hw", [5, 24])  # 24: over _VECTOR_STATS_MIN, the vectorised statistics
+@pytest.mark.parametrize("hw", [5, 40])  # 40: over _VECTOR_STATS_MIN, the vectorised statistics
 def test_batch_norm_matches_and_backs_a_channel_block_of_a_gradient_contiguously(keep_output, dtype, tol, hw):
     """cpuconv.batch_norm is affine-free F.batch_norm (output, running statistics, input
     gradient), for a gradient that is a channel block of a larger one (a concatenation's), and
     whether it keeps its input or its output for the backward, on a small map (ATen's kernel)
     and on one whose statistics are vectorised reductions. Its backward hands ATen's kernel
     a contiguous gradient (the strided one took a serial loop, 3.3-4.4x slower)."""
-    assert cpuconv._vectorised_statistics(torch.empty(8, 6, hw, hw)) == (hw == 24)
+    assert cpuconv._vectorised_statistics(torch.empty(8, 6, hw, hw)) == (hw == 40)
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(8, 6, hw, hw, generator=g) * 3 + 1).to(dtype)
     grad = torch.randn(8, 12, hw, hw, generator=g).to(dtype)[:, 3:9]
@@ -250,9 +250,9 @@ def test_batch_norm_statistics_of_a_large_map_skip_atens_scalar_loops():
     statistics from vectorised sums (ATen's CPU forward gathers them in serial float64 loops,
     about 4x slower in a step), with or without a gradient, and with the affine transform; a smaller
     map, or one of few pixels, keeps ATen's single call (faster there)."""
-    big = torch.randn(16, 4, 16, 16, requires_grad=True)
+    big = torch.randn(16, 4, 32, 32, requires_grad=True)
     small = torch.randn(4, 4, 8, 8, requires_grad=True)
-    few_pixels = torch.randn(16, 256, 2, 2, requires_grad=True)
+    few_pixels = torch.randn(64, 256, 2, 2, requires_grad=True)
     assert big.numel() == few_pixels.numel() == cpuconv._VECTOR_STATS_MIN
 
     def run(t):
@@ -266,7 +266,7 @@ def test_batch_norm_statistics_of_a_large_map_skip_atens_scalar_loops():
 
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, TOL)])
-@pytest.mark.parametrize("hw", [5, 24])
+@pytest.mark.parametrize("hw", [5, 40])
 def test_batchnorm2d_module_is_nn_batchnorm2d(momentum, dtype, tol, hw):
     """cpuconv.BatchNorm2d (the target networks' and stems' affine BatchNorm) computes what
     nn.BatchNorm2d computes in training over two steps: output, running statistics and their

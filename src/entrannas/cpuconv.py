@@ -245,10 +245,10 @@ class _BatchNorm(torch.autograd.Function):
 
 
 # Below this many elements, or under 16 pixels a channel, ATen's one call is cheaper than
-# `_normalise`'s few vectorised ones. Timed alone, in a loop that keeps the map in cache, the
-# two are about even at 2**16 elements; inside a search step the form already wins below that:
-# the whole EnTranNAS step was 5% faster with 2**14 than with 2**17 (benchmarks/RESULTS.md).
-_VECTOR_STATS_MIN = 1 << 14
+# `_normalise`'s few vectorised ones: timed alone, the two are about even at 2**16 elements,
+# and the main job's search step (14x14 maps of 4 to 32 channels) was 1.16x slower with the
+# form down to 2**14 (benchmarks/RESULTS.md).
+_VECTOR_STATS_MIN = 1 << 16
 
 
 def _vectorised_statistics(x: torch.Tensor) -> bool:
