@@ -139,3 +139,25 @@ def test_the_cli_leaves_the_process_group_on_every_way_out(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "ok", proc.stderr[-2000:]
+
+
+def test_the_command_of_a_process_that_was_in_a_group_exits_past_the_teardown(tmp_path):
+    """Even after leaving the group, a gloo process now and then aborted in the interpreter's
+    teardown (SIGABRT, "terminate called without an active exception": a finished rank's exit
+    code became -6 in a CI run). So `entrannas` (cli.run) ends such a process with os._exit and
+    the command's own code, its output flushed first; a process never in a group returns."""
+    store = tmp_path / "store"
+    script = (
+        "import sys, torch.distributed as dist\n"
+        "from entrannas.cli import run\n"
+        "assert run(['presets']) == 0\n"  # never in a group: returns
+        "print('returned', flush=True)\n"
+        f"dist.init_process_group('gloo', init_method='file://{store}', rank=0, world_size=1)\n"
+        f"run(['plot', '{tmp_path / 'missing.json'}', '-o', '{tmp_path / 'x.png'}'])\n"
+        "print('after the exit')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "returned" in proc.stdout and "after the exit" not in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("entrannas plot: error:")

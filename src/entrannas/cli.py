@@ -202,10 +202,21 @@ def main(argv=None) -> int:
             shutdown()
 
 
+def run(argv=None) -> int:
+    """The `entrannas` command: `main`, then, in a process that was one of a multi-process run,
+    an exit that skips the interpreter's teardown (distributed.exit_after_group: the gloo
+    group's C++ threads can abort a finished process there)."""
+    code = main(argv)
+    if "torch.distributed" in sys.modules:
+        from .distributed import exit_after_group
+        exit_after_group(0 if code is None else code if isinstance(code, int) else 1)  # as sys.exit
+    return code
+
+
 def _one_line(err: BaseException) -> str:
     # The promise is one line; a message quoting a third-party error may hold line breaks.
     return " ".join(part.strip() for part in str(err).splitlines() if part.strip())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

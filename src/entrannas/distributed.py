@@ -30,6 +30,7 @@ import contextlib
 import datetime
 import os
 import re
+import sys
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,8 @@ from .cpuconv import BatchNorm2d
 
 __all__ = ["PeerError", "together", "init_from_env", "shutdown", "active", "world_size", "rank", "local_rank", "is_main", "allreduce_grads",
            "allreduce_sum", "broadcast_params", "broadcast_object", "assert_same_on_all_ranks",
-           "SyncBatchNorm2d", "sync_batch_norm", "convert_sync_batchnorm", "per_rank_batch"]
+           "SyncBatchNorm2d", "sync_batch_norm", "convert_sync_batchnorm", "per_rank_batch",
+           "exit_after_group"]
 
 
 def init_from_env() -> bool:
@@ -62,9 +64,32 @@ def shutdown() -> None:
     exits: a gloo group left to the interpreter's finalisation can abort the process (SIGABRT,
     "terminate called without an active exception") from its worker threads, turning a clean
     exit code into -6. Local only (no collective), so it is safe after a peer has died."""
+    global _joined
     if dist.is_available() and dist.is_initialized():
+        _joined = True
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+
+
+_joined = False  # this process was in a process group (set when it leaves it)
+
+
+def exit_after_group(code: int) -> None:
+    """End a process that was in a process group with `code`, skipping the interpreter's
+    finalisation: even after `shutdown`, the C++ objects of torch.distributed (the gloo
+    context, the store's threads) are destroyed there, and now and then one is still running
+    a thread, so std::terminate aborts the process (SIGABRT, exit code -6) after its work is
+    done and its files are closed. Streams and log handlers are flushed first; everything a
+    run writes is written atomically and closed before the command returns. Returns (does
+    nothing) in a process that never joined a group."""
+    if not _joined:
+        return
+    import logging
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def _timeout() -> datetime.timedelta:

@@ -196,5 +196,5 @@ def install() -> None:
 
 if __name__ == "__main__":
     install()
-    from entrannas.cli import main
-    sys.exit(main(sys.argv[1:]))
+    from entrannas.cli import run
+    sys.exit(run(sys.argv[1:]))
