@@ -27,11 +27,7 @@ from entrannas.config import load_config
 from entrannas.evalnet import dataset_settings
 from entrannas.genotype import load_genotype
 from entrannas.train import build_net, train_step
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
+from search_step import _rss_bytes  # a sibling script: this directory is on sys.path
 
 
 def run_one(preset: str, genotype: str, batch: int | None, steps: int, warmup: int) -> dict:

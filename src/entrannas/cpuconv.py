@@ -21,7 +21,7 @@ where oneDNN's NCHW kernels on a CPU are slow:
 * BatchNorm's backward is 3 to 4.5x slower when its gradient is a channel block of a wider one
   (a concatenation's), which sends ATen into a serial per-channel loop; its training-mode
   forward gathers the statistics in serial per-channel loops with a float64 accumulator:
-  1.0 ms for [64, 16, 32, 32] against about 0.26 ms as vectorised sums.
+  1.0-1.3 ms for [64, 16, 32, 32] against 0.26-0.35 ms as vectorised sums.
 
 So on a CPU, for a float NCHW map, `conv2d` runs stride-1 1x1 convolutions as `bmm` and stride-1
 depthwise convolutions batch-folded, `pool_3x3` pools a channels_last copy, and `batch_norm`
@@ -262,7 +262,7 @@ def _normalise(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     updated in place, as aten.native_batch_norm returns and updates them.
 
     ATen's CPU kernel gathers each channel's mean and variance in scalar loops with a float64
-    accumulator (a serial chain of dependent adds), about 1 GB/s: 1.0 ms for [64, 16, 32, 32].
+    accumulator (a serial chain of dependent adds), about 1 GB/s: 1.0-1.3 ms for [64, 16, 32, 32].
     The same two passes as vectorised reductions, mean = sum(x)/n, then
     var = sum((x - mean)^2)/n, with the normalisation (and the affine transform) done in place
     on x - mean, take about a quarter of that (benchmarks/RESULTS.md); the sums are float32
