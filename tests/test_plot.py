@@ -66,3 +66,45 @@ def test_plot_errors(tmp_path):
     with pytest.raises(GenotypeError, match="out of range"):
         plot_cell(bad, tmp_path / "bad.png")
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("cell", [BUILTINS["DARTS_V2"].normal, DST_CELL], ids=["darts_v2", "dst"])
+def test_every_arrow_starts_and_ends_at_the_edge_of_its_nodes(cell):
+    """Arrows are cut at the nodes by computed shrinks (not by clipping against the node
+    patches): each must stop just outside its two nodes, neither inside them nor short."""
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.path import Path
+
+    from entrannas.plot import _BOX, _R, _layout
+
+    fig = Figure(figsize=(8, 4))
+    ax = fig.add_subplot(1, 1, 1)
+    FigureCanvasAgg(fig)
+    plot_cell(cell, ax)
+    fig.canvas.draw()
+    (x0, _), (x1, _) = ax.transData.transform([(0, 0), (1, 0)])
+    pt = fig.dpi / 72 / (x1 - x0)  # data units per point
+    pos = _layout(cell)
+    w, h, pad = _BOX
+
+    def gap(key, p):  # distance from the node's edge, negative inside it
+        dx, dy = p[0] - pos[key][0], p[1] - pos[key][1]
+        if key >= 2:
+            return math.hypot(dx, dy) - _R
+        ox, oy = abs(dx) - (w / 2 + pad), abs(dy) - (h / 2 + pad)
+        return math.hypot(max(ox, 0), max(oy, 0)) if max(ox, oy) > 0 else max(ox, oy)
+
+    arrows = [p for p in ax.patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == cell.num_ops + len(cell.concat)
+    for arrow in arrows:
+        path = arrow.get_path()
+        moves = [i for i, c in enumerate(path.codes) if c == Path.MOVETO]
+        shaft = path.vertices[:moves[1]]  # then the head, drawn from the tip
+        # The tip stops a line width further out than the tail: matplotlib pulls a "-|>" head
+        # back so its stroked point ends where the path would.
+        for end, slack in ((shaft[0], 0), (shaft[-1], arrow.get_linewidth())):
+            key = min(pos, key=lambda k: math.dist(pos[k], end))
+            assert 0.5 * pt < gap(key, end) < (3 + slack) * pt, (key, gap(key, end) / pt)
