@@ -344,3 +344,44 @@ def test_each_step_keeps_only_what_its_own_gradients_need():
         F.cross_entropy(net(train[0]), train[1])
     both_bytes = sum(n for _, n in saved[1])
     assert weight_bytes < 0.95 * both_bytes, (weight_bytes, both_bytes)
+
+
+def test_the_cell_picture_is_redrawn_only_when_the_derived_cell_changes(tmp_path, monkeypatch):
+    """cells.png costs 0.2-1.1 s an epoch: it is drawn when the derived cell changes, titled
+    with the epoch since which it is derived, and once more by a resumed process, which finds
+    that epoch in the saved genotypes (so it shows what an uninterrupted run shows)."""
+    from types import SimpleNamespace
+
+    from entrannas import plot
+    from entrannas.genotype import BUILTINS
+
+    drawn = []
+
+    def fake_plot(genotype, path, title=None):
+        drawn.append((genotype.normal, title))
+        Path(path).write_bytes(b"png")
+    monkeypatch.setattr(plot, "plot_genotype", fake_plot)
+    run = SimpleNamespace(file=lambda name: tmp_path / name)
+    (tmp_path / "genotypes").mkdir()
+    a, b = BUILTINS["DARTS_V2"], BUILTINS["PDARTS"]
+    b_again = type(b)(b.normal, b.reduce, b.space, {"note": "other metadata"})  # the same cells
+
+    def epoch(search, e, g):  # as end_epoch: the epoch's genotype is saved, then drawn
+        g.save(tmp_path / f"genotypes/epoch_{e:03d}.json")
+        search.draw_cells(g, e)
+
+    search = SimpleNamespace(run=run, drawn=None)
+    search.draw_cells = S._Search.draw_cells.__get__(search)
+    for e, g in enumerate([a, a, b, b_again]):
+        epoch(search, e, g)
+    assert drawn == [(a.normal, "derived since epoch 1"), (b.normal, "derived since epoch 3")]
+    # A resumed process draws once, with the epoch since which the cell is derived.
+    resumed = SimpleNamespace(run=run, drawn=None)
+    resumed.draw_cells = S._Search.draw_cells.__get__(resumed)
+    epoch(resumed, 4, b)
+    epoch(resumed, 5, b)
+    assert drawn[2:] == [(b.normal, "derived since epoch 3")]
+    # A deleted picture is drawn again.
+    (tmp_path / "cells.png").unlink()
+    epoch(resumed, 6, b)
+    assert drawn[3:] == [(b.normal, "derived since epoch 3")]

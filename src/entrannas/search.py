@@ -27,6 +27,7 @@ from .rundir import RunFolder, Timer, format_eta, read_metrics
 from .runlock import hold_run
 from .arch import Temperature
 from .bnstats import recalibrate_batchnorm
+from .genotype import Genotype
 from .supernet import CELL_TYPES, METHOD_DEFAULTS, SuperNet, frozen
 
 __all__ = ["search_step", "run_search", "resume_search", "run_search_seeds", "SearchResult",
@@ -230,6 +231,7 @@ class _Search(StepAccounting):
         # Steps of this epoch whose weight step ran Transit-cells on another derived cell than
         # the step before (a selection that flips keeps re-training other paths).
         self.changes, self.last_selection = 0, None
+        self.drawn = None  # the genotype RUN/cells.png shows, once this process drew it
         if state is not None:
             try:
                 self.net.load_state_dict(state["net"])
@@ -322,6 +324,27 @@ class _Search(StepAccounting):
             self.end_epoch(e, lr)
         bar.close()
 
+    def draw_cells(self, genotype, e: int) -> None:
+        """RUN/cells.png: the derived cells, titled with the epoch since which they are derived.
+        Drawn only when they changed (a picture costs 0.2-1.1 s, in every epoch of a search
+        that may take 3 minutes), and once more after a resume. The epoch comes from the saved
+        genotypes/epoch_*.json, so a resumed run draws what an uninterrupted one shows."""
+        path = self.run.file("cells.png")
+        if self.drawn is not None and _same_cells(self.drawn, genotype) and path.exists():
+            return
+        since = e
+        while since > 0:
+            previous = self.run.file(f"genotypes/epoch_{since - 1:03d}.json")
+            try:
+                if not _same_cells(Genotype.from_json(previous.read_bytes()), genotype):
+                    break
+            except (OSError, ValueError):  # a missing or unreadable file ends the walk
+                break
+            since -= 1
+        from .plot import plot_genotype
+        plot_genotype(genotype, path, title=f"derived since epoch {since + 1}")
+        self.drawn = genotype
+
     def end_epoch(self, e: int, lr: float) -> None:
         net, run = self.net, self.run
         self.ensure_finite()  # before any of the epoch's files is written
@@ -351,8 +374,7 @@ class _Search(StepAccounting):
                 genotype.save(run.file(f"genotypes/epoch_{e:03d}.json"))
                 genotype.save(run.file("genotype.json"))
             if self.cfg.run.plots and ddp.is_main():
-                from .plot import plot_genotype
-                plot_genotype(genotype, run.file("cells.png"), title=f"epoch {e + 1}")
+                self.draw_cells(genotype, e)
         run.log.info(f"epoch {e + 1} done: train acc {row['train_acc']:.2f}% val acc {val_acc:.2f}% "
                      f"edges N/R {row['cells']['normal']['edges']}/{row['cells']['reduce']['edges']} "
                      + (f"derived cell changed at {self.changes} of {len(self.data.train)} steps "
@@ -362,6 +384,10 @@ class _Search(StepAccounting):
                      f"wall {format_eta(row['wall_time'])}")
         self.epoch, self.step, self.partial, self.changes = e + 1, 0, [0.0, 0.0, 0], 0
         self.checkpoint()
+
+
+def _same_cells(a, b) -> bool:
+    return a.normal == b.normal and a.reduce == b.reduce
 
 
 def run_search(cfg: SearchConfig, run_dir: str | Path | None = None, quiet: bool = False,
@@ -425,7 +451,6 @@ def run_search_seeds(cfg: SearchConfig, seeds: list[int], run_dir: str | Path | 
 
     from .config import ConfigError
     from .experiments.common import Job, Workers, run_jobs
-    from .genotype import Genotype
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
