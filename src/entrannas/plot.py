@@ -41,6 +41,7 @@ OP_COLORS = {
 _FALLBACK = "#444444"
 _FORMATS = {".png", ".pdf", ".svg"}
 _R = 0.30                       # radius of an intermediate node, in data units
+_BOX = (0.95, 0.5, 0.02)        # an input or output node: width, height, pad (data units)
 _COL, _H = 2.1, 2.1             # spacing of node columns; height of the two cell inputs
 _FAN = 0.36                     # curvature step between ops sharing one edge
 _FONT = 7.5
@@ -106,10 +107,6 @@ def _node(ax: Axes, xy, text: str, kind: str):
                                facecolor=face, edgecolor=edge, lw=1.4, zorder=3)
     ax.add_patch(patch)
     ax.text(x, y, text, ha="center", va="center", fontsize=11, zorder=4)
-    return patch
-
-
-_BOX = (0.95, 0.5, 0.02)         # an input or output node: width, height, pad (data units)
 
 
 def _reach(kind: str, dx: float, dy: float) -> float:
