@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from entrannas import derive_top2, dst_coefficients
-from entrannas.arch import EDGES, derive_dst, dst_regulariser, edge_index, node_edges, softmax_t
+from entrannas.arch import (EDGES, derive_dst, dst_regulariser, edge_index, edge_normalization, node_edges,
+                            softmax_t, top2_scores)
 
 
 def _rows_from_probs(probs):
@@ -126,3 +127,31 @@ def test_top2_hand_made():
     assert sel[0] == ((1, 6), (0, 4))
     assert sel[1] == ((2, 2), (1, 5))
     assert all(k != 0 for pairs in sel for _, k in pairs)
+
+
+@pytest.mark.parametrize("method", ["entrannas", "pcdarts"])
+def test_top2_ranks_large_margins_late_in_annealing(method):
+    """At tau 0.1, float32 p rounds to exactly 1.0 on every edge whose top op leads by more
+    than ~1.7: ranked on p, the three edges into node 3 below would tie and the rule would
+    keep edges 0 and 1 by index. The super-net ranks their true margins: 2 (4.0), then 0 (3.0)."""
+    from entrannas import SuperNet
+    net = SuperNet(C=8, layers=5, num_classes=10, method=method)
+    with torch.no_grad():
+        net.alpha_normal.zero_()
+        for i, margin in ((0, 3.0), (1, 2.0), (2, 4.0)):
+            net.alpha_normal[edge_index(i, 3), 4] = margin
+        if method == "pcdarts":
+            net.edge_beta_normal.zero_()  # equal edge weights: the op margins decide
+    net.tau = 0.1
+    p = net.coefficients("normal").detach()
+    assert all(float(p[edge_index(i, 3)].max()) == 1.0 for i in range(3))  # the float32 tie
+    assert net.arch_state().selection["normal"][1] == ((2, 4), (0, 4))
+
+
+def test_top2_scores_rank_as_p_does():
+    g = torch.Generator().manual_seed(5)
+    for tau in (5.0, 1.0, 0.3):
+        alpha = torch.randn(14, 8, generator=g, dtype=torch.float64)
+        beta = torch.randn(14, generator=g, dtype=torch.float64)
+        p = softmax_t(alpha, tau) * edge_normalization(beta).unsqueeze(-1)
+        assert derive_top2(top2_scores(alpha, tau, beta), 0) == derive_top2(p, 0) == _darts_rule(p.tolist(), 0)

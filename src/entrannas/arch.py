@@ -22,6 +22,7 @@ __all__ = [
     "derive_dst",
     "dst_regulariser",
     "edge_normalization",
+    "top2_scores",
     "Temperature",
     "temperature",
 ]
@@ -85,15 +86,31 @@ def dst_coefficients(alpha: torch.Tensor, beta: torch.Tensor, tau: float = 1.0) 
     return torch.cat(out, dim=0)
 
 
-def edge_normalization(edge_beta: torch.Tensor) -> torch.Tensor:
+def edge_normalization(edge_beta: torch.Tensor, log: bool = False) -> torch.Tensor:
     """PC-DARTS' edge weights for one cell type: per intermediate node, a softmax of the
     edge betas over the node's incoming edges. edge_beta: [14] in DARTS edge order; returns
-    [14], summing to 1 over each node's edges. No temperature: eq. 5 anneals the op choice,
-    and PC-DARTS runs at tau 1 anyway."""
+    [14], summing to 1 over each node's edges (`log`: their logarithms). No temperature:
+    eq. 5 anneals the op choice, and PC-DARTS runs at tau 1 anyway."""
     if edge_beta.shape != (len(EDGES),):
         raise ValueError(f"edge betas must have shape [{len(EDGES)}], got {list(edge_beta.shape)}")
-    return torch.cat([torch.softmax(edge_beta[r.start:r.stop], dim=0)
+    norm = torch.log_softmax if log else torch.softmax
+    return torch.cat([norm(edge_beta[r.start:r.stop], dim=0)
                       for r in map(node_edges, range(2, 2 + NUM_NODES))])
+
+
+def top2_scores(alpha: torch.Tensor, tau: float, edge_beta: torch.Tensor | None = None) -> torch.Tensor:
+    """What the top-2 rule ranks, for one cell type: log p (eq. 5), plus the log of PC-DARTS'
+    edge weight where there is one, in float64 on the host.
+
+    They rank edges and ops exactly as p (times the edge weight) does, but never round to a
+    tie: in float32, p rounds to exactly 1.0 on every edge whose strongest op leads the
+    others by more than about 17 tau (1.7 at the paper's last tau of 0.1, within reach of the
+    ImageNet search's arch lr of 6e-3), and the rule would then rank all those edges by their
+    index, whatever their margins."""
+    score = torch.log_softmax(alpha.detach().to("cpu", torch.float64) / tau, dim=-1)
+    if edge_beta is not None:
+        score = score + edge_normalization(edge_beta.detach().to("cpu", torch.float64), log=True).unsqueeze(-1)
+    return score
 
 
 def dst_regulariser(betas: torch.Tensor) -> torch.Tensor:
@@ -106,7 +123,9 @@ def dst_regulariser(betas: torch.Tensor) -> torch.Tensor:
 
 def derive_top2(weights: torch.Tensor, none_index: int | None) -> Selection:
     """The DARTS rule: per node, the two edges with the largest non-`none` weight, and on each
-    the argmax non-`none` op. Edges are listed strongest first; ties go to the lower index."""
+    the argmax non-`none` op. Edges are listed strongest first; ties go to the lower index.
+    `weights`: p, or any increasing function of it (`top2_scores`: log p, which does not
+    round to ties)."""
     w = weights.detach().to("cpu", torch.float64, copy=True)  # a copy: it is written below
     if none_index is not None:
         w[:, none_index] = float("-inf")

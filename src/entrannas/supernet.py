@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 
 from .arch import (EDGES, NUM_NODES, Selection, Temperature, derive_dst, derive_top2,
-                   dst_coefficients, dst_regulariser, edge_index, edge_normalization, softmax_t)
+                   dst_coefficients, dst_regulariser, edge_index, edge_normalization, softmax_t,
+                   top2_scores)
 from .cells import EngineCell, TransitCell
 from .cpuconv import BatchNorm2d
 from .opbank import BankedCell
@@ -287,8 +288,10 @@ class SuperNet(nn.Module):
                 if need_selection and given is not None:
                     state.selection[t] = given[t]
                 elif need_selection:
-                    w = state.edge_weight.get(t)
-                    state.selection[t] = derive_top2(coeff if w is None else coeff * w.unsqueeze(-1),
+                    # Ranked on float64 log p, not on `coeff`, whose float32 p ties at 1.0 on
+                    # edges with large margins late in an annealed search (arch.top2_scores).
+                    edge_beta = getattr(self, f"edge_beta_{t}") if self.edge_normalization else None
+                    state.selection[t] = derive_top2(top2_scores(self.alpha(t), self.tau, edge_beta),
                                                      self.none_index)
         return state
 
