@@ -155,3 +155,20 @@ def test_top2_scores_rank_as_p_does():
         beta = torch.randn(14, generator=g, dtype=torch.float64)
         p = softmax_t(alpha, tau) * edge_normalization(beta).unsqueeze(-1)
         assert derive_top2(top2_scores(alpha, tau, beta), 0) == derive_top2(p, 0) == _darts_rule(p.tolist(), 0)
+
+
+def test_dst_fills_the_cell_again_as_tau_goes_to_zero():
+    """docs/design.md, "DST at a small temperature": eq. 5 is a softmax over one edge's ops, so
+    at a small tau every edge's top op has p_hat near 1 (eq. 7) and passes any threshold short
+    of 1, where a moderate tau prunes. The paper's ImageNet DST schedule ends at tau 0.0057."""
+    g = torch.Generator().manual_seed(0)
+    alpha = 0.5 * torch.randn(14, 7, generator=g)
+    beta = torch.full((4,), 3.0)  # t = 0.95
+    edges = {tau: sum(len({i for i, _ in node}) for node in derive_dst(dst_coefficients(alpha, beta, tau)))
+             for tau in (1.0, 0.1, 0.0057)}
+    assert edges[1.0] < 14 and edges[0.1] < 14
+    assert edges[0.0057] == 14
+    # ... and each edge then keeps exactly its top op
+    sel = derive_dst(dst_coefficients(alpha, beta, 0.0057))
+    top = alpha.argmax(dim=-1).tolist()
+    assert all(k == top[edge_index(i, m + 2)] for m, node in enumerate(sel) for i, k in node)
