@@ -75,8 +75,13 @@ def test_run_folder_has_every_file(reference):
 
 
 def test_schedules():
-    c = load_config("imagenet-eval", ["optim.epochs=4"])
+    c = load_config("imagenet-eval", ["optim.epochs=4", "optim.lr_warmup_epochs=0"])
     assert [lr_at(c, e) for e in range(4)] == pytest.approx([0.5, 0.375, 0.25, 0.125])
+    # PC-DARTS' ImageNet ramp: (e + 1) / 5 of the linear schedule in the first 5 epochs
+    c = load_config("imagenet-eval", ["optim.epochs=10"])
+    assert [lr_at(c, e) for e in range(7)] == pytest.approx(
+        [0.5 * (1 - e / 10) * min(1, (e + 1) / 5) for e in range(7)])
+    assert lr_at(c, 0) == pytest.approx(0.1) and lr_at(c, 5) == pytest.approx(0.25)
     c = load_config("cifar10-eval", ["optim.epochs=2"])
     assert [lr_at(c, e) for e in range(2)] == pytest.approx([0.025, 0.0125])
 

@@ -178,6 +178,10 @@ class TrainOptimConfig:
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     label_smoothing: float = 0.0
+    # Epochs over which the learning rate ramps up: epoch e < n trains at (e + 1) / n of the
+    # schedule's rate. PC-DARTS' ImageNet training, which the paper follows, ramps for 5
+    # epochs at batch 1024 and lr 0.5 (imagenet-eval).
+    lr_warmup_epochs: int = 0
 
 
 @dataclass
@@ -273,6 +277,7 @@ _CHECKS: dict[str, tuple] = {
     "optim.lr_min": _NONNEG, "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": _NONNEG, "optim.grad_clip": _POSITIVE, "optim.arch_lr": _POSITIVE,
     "optim.arch_weight_decay": _NONNEG, "optim.warmup_epochs": _NONNEG,
+    "optim.lr_warmup_epochs": _NONNEG,
     "optim.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.arch_betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     "run.log_every": _POSITIVE, "run.checkpoint_every": _NONNEG, "run.graph_cache": _POSITIVE,

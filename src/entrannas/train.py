@@ -41,11 +41,16 @@ __all__ = ["run_training", "resume_training", "train_step", "build_net", "lr_at"
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
-    """The learning rate of an epoch: cosine (CIFAR) or linear (ImageNet) from lr to lr_min."""
+    """The learning rate of an epoch: cosine (CIFAR) or linear (ImageNet) from lr to lr_min,
+    ramped up over the first optim.lr_warmup_epochs as (epoch + 1) / lr_warmup_epochs of it."""
     o = cfg.optim
     if o.schedule == "linear":
-        return o.lr - (o.lr - o.lr_min) * epoch / o.epochs
-    return cosine_lr(o.lr, o.lr_min, epoch, o.epochs)
+        lr = o.lr - (o.lr - o.lr_min) * epoch / o.epochs
+    else:
+        lr = cosine_lr(o.lr, o.lr_min, epoch, o.epochs)
+    if epoch < o.lr_warmup_epochs:
+        lr *= (epoch + 1) / o.lr_warmup_epochs
+    return lr
 
 
 def build_net(cfg: TrainConfig, genotype: Genotype, info, device: torch.device | str | None = None):
