@@ -385,3 +385,14 @@ def test_the_cell_picture_is_redrawn_only_when_the_derived_cell_changes(tmp_path
     (tmp_path / "cells.png").unlink()
     epoch(resumed, 6, b)
     assert drawn[3:] == [(b.normal, "derived since epoch 3")]
+
+
+def test_a_dst_search_annealed_below_0_05_says_its_cell_will_fill_up_again(reference, tmp_path):
+    """docs/design.md, "DST at a small temperature": the paper's ImageNet DST schedule ends at
+    tau 0.0057, where DST keeps every edge; the log says so before the search spends its time."""
+    assert "fills up again" not in (reference / "log.txt").read_text()  # ends at tau 0.09
+    out = tmp_path / "cold"
+    run_search(_cfg("model.method=dst", "model.derivation=dst", "optim.epochs=2", "model.tau0=1.0",
+                    "model.tau_final=0.0057"), out, quiet=True)
+    log = (out / "log.txt").read_text()
+    assert "fills up again" in log and "model.tau_final=0.1" in log

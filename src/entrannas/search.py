@@ -34,6 +34,11 @@ __all__ = ["search_step", "run_search", "resume_search", "run_search_seeds", "Se
            "build_supernet", "cell_summary", "tau_decay", "warmup_epochs"]
 
 
+# Below about this temperature the DST cells fill up again (docs/design.md, "DST at a small
+# temperature"; a CPU probe turned from pruning to filling between tau 0.13 and 0.045).
+DST_DENSE_BELOW_TAU = 0.05
+
+
 def search_step(net: SuperNet, w_opt: torch.optim.Optimizer, a_opt: torch.optim.Optimizer | None,
                 train_batch, val_batch, grad_clip: float = 5.0):
     """One first-order step: an architecture step on a validation batch (Adam on alpha/beta),
@@ -427,6 +432,11 @@ def _drive(search: _Search, run: RunFolder) -> SearchResult:
         t = search.net.temperature
         run.log.info(f"schedule: tau {t(0):.4g} x{t.decay:.6g} per epoch -> {t(cfg.optim.epochs - 1):.4g} "
                      f"at the last epoch; {warmup_epochs(cfg)} warm-up epoch(s) train weights only")
+        if search.net.derivation == "dst" and t(cfg.optim.epochs - 1) < DST_DENSE_BELOW_TAU:
+            run.log.info(f"note: EnTranNAS-DST prunes less, not more, below tau ~{DST_DENSE_BELOW_TAU} (every "
+                         f"edge's strongest op nears p_hat = 1), so near {t(cfg.optim.epochs - 1):.2g} the "
+                         f"derived cell fills up again; --set model.tau_decay=null --set model.tau_final=0.1 "
+                         f"ends the annealing at 0.1 (docs/design.md, DST at a small temperature)")
         search.run_to_end()
         if ddp.active():  # every rank must have derived the same architecture
             ddp.assert_same_on_all_ranks(search.net.arch_parameters(), "alpha/beta")
