@@ -314,6 +314,43 @@ def test_augment_composition_and_normalise():
     assert torch.allclose(D.normalize(x.float() / 255, mean, std), D.normalize(x, mean, std), atol=1e-6)
 
 
+def test_color_jitter_is_torchvisions_four_adjustments():
+    """brightness scales, contrast blends with the image's mean grey, saturation with its
+    greyscale, hue rotates through HSV (checked against colorsys pixel by pixel)."""
+    import colorsys
+    from entrannas.data.augment import _draw_jitter, color_jitter
+    x = _batch_u8(n=4, h=5, w=6)
+    f = lambda b=1.0, c=1.0, s=1.0, h=0.0: torch.tensor([[b, c, s, h]] * 4)  # noqa: E731
+    assert torch.equal(color_jitter(x, f()), x)  # neutral factors: the image itself
+    y = x.float() / 255
+    assert torch.allclose(color_jitter(y, f(b=1.3)), (y * 1.3).clamp(0, 1))
+    gray = (y * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert torch.allclose(color_jitter(y, f(s=0.0)), gray.expand_as(y), atol=1e-6)
+    assert torch.allclose(color_jitter(y, f(c=0.0)), gray.mean((1, 2, 3), keepdim=True).expand_as(y), atol=1e-6)
+    shifted = color_jitter(y, f(h=0.13))
+    for n, i, j in [(0, 0, 0), (1, 2, 3), (2, 4, 5), (3, 1, 4)]:
+        hh, ss, vv = colorsys.rgb_to_hsv(*y[n, :, i, j].tolist())
+        assert shifted[n, :, i, j].tolist() == pytest.approx(colorsys.hsv_to_rgb((hh + 0.13) % 1, ss, vv), abs=1e-5)
+    one = x[:, :1]  # a greyscale image: saturation and hue do not apply
+    assert torch.equal(color_jitter(one, f(s=0.0, h=0.3)), one)
+    draws = _draw_jitter(1000, (0.4, 0.4, 0.4, 0.2), torch.Generator().manual_seed(0))
+    assert draws[:, :3].min() >= 0.6 and draws[:, :3].max() <= 1.4
+    assert draws[:, 3].min() >= -0.2 and draws[:, 3].max() <= 0.2 and draws.std(0).min() > 0.1
+
+
+def test_augment_jitters_after_crop_and_flip_with_draws_last():
+    """A run without jitter keeps its crops and flips; with it, the factors come after them."""
+    from entrannas.data.augment import _draw_jitter, color_jitter
+    x = _batch_u8(n=8, h=8, w=8)
+    plain = D.Augment(padding=2, flip=True)(x, torch.Generator().manual_seed(3))
+    jit = (0.4, 0.4, 0.4, 0.2)
+    jittered = D.Augment(padding=2, flip=True, color_jitter=jit)(x, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    torch.randint(0, 5, (8, 2), generator=g), torch.rand(8, generator=g)  # the crop and flip draws
+    assert torch.equal(jittered, color_jitter(plain, _draw_jitter(8, jit, g)))
+    assert not torch.equal(jittered, plain) and jittered.dtype == torch.uint8
+
+
 # ----------------------------------------------------------------------------- split + loader
 
 def test_split_indices():
@@ -420,3 +457,19 @@ def test_imagenet_subset_and_decoding(image_tree):
     xb, yb = next(iter(loader))
     assert xb.shape == (4, 3, 32, 32) and xb.dtype == torch.uint8
     assert D.normalize(xb, D.IMAGENET_MEAN, D.IMAGENET_STD).dtype == torch.float32
+
+
+def test_imagenet_training_jitters_only_its_training_images(image_tree):
+    """imagenet-eval jitters colours as DARTS' and PC-DARTS' ImageNet training do; the test
+    images and the search presets are left alone."""
+    from entrannas.config import load_config
+    from entrannas.loop import build_loaders
+    root, _ = image_tree
+    cfg = load_config("imagenet-eval", [f"data.data_dir={root}", "data.workers=0", "data.image_size=32",
+                                        "optim.batch_size=4"])
+    assert cfg.data.color_jitter == [0.4, 0.4, 0.4, 0.2]
+    loaders = build_loaders(cfg, torch.device("cpu"), search=False)
+    assert loaders.train.augment.jitter == (0.4, 0.4, 0.4, 0.2) and loaders.val.augment is None
+    x, _ = next(iter(loaders.train))
+    assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32
+    assert load_config("imagenet-entrannas").data.color_jitter is None

@@ -59,6 +59,10 @@ class DataConfig:
     crop_pad: int = 4
     flip: bool = True
     cutout: int = 0
+    # Training images' colour jitter, [brightness, contrast, saturation, hue] as torchvision's
+    # ColorJitter takes them (DARTS' and PC-DARTS' ImageNet training: [0.4, 0.4, 0.4, 0.2]);
+    # null = none.
+    color_jitter: list[float] | None = None
     # Side of the square images the network sees: imagenet (null = 224) and folder (null = the
     # images' most common short side); the in-memory ones (null = their own size) are resized
     # once when loaded (area averages when smaller), e.g. 14 for a quarter of the arithmetic.
@@ -259,6 +263,8 @@ _CHECKS: dict[str, tuple] = {
     "data.limit": (lambda v: v is None or v > 0, "null or a positive integer"),
     "data.eval_limit": (lambda v: v is None or v > 0, "null or a positive integer"),
     "data.crop_pad": _NONNEG, "data.cutout": _NONNEG, "data.workers": _NONNEG,
+    "data.color_jitter": (lambda v: v is None or (len(v) == 4 and all(a >= 0 for a in v) and v[3] <= 0.5),
+                          "null or [brightness, contrast, saturation, hue]: numbers >= 0, hue at most 0.5"),
     "data.image_size": (lambda v: v is None or v > 0, "null or a positive integer"),
     "data.synthetic_size": _POSITIVE,
     "data.channels": (lambda v: v is None or v in (1, 3), "null, 1 (grayscale) or 3 (RGB)"),

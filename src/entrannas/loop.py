@@ -206,7 +206,8 @@ def build_loaders(cfg, device: torch.device, search: bool) -> Loaders:
     train, test = load_datasets(cfg, device)
     if d.dataset == "imagenet":
         return _imagenet_loaders(cfg, train, test, device, search)
-    aug = Augment(padding=d.crop_pad, flip=d.flip, cutout=d.cutout, mean=train.info.mean, std=train.info.std)
+    aug = Augment(padding=d.crop_pad, flip=d.flip, cutout=d.cutout, mean=train.info.mean, std=train.info.std,
+                  color_jitter=d.color_jitter)
     make = _streaming_loaders if isinstance(train, FolderImageSet) else _memory_loaders
     loaders = make(cfg, train, test, device, search, aug)
     loaders.notes, loaders.meta = getattr(train, "notes", []), getattr(train, "meta", None)
@@ -284,9 +285,12 @@ def _imagenet_loaders(cfg, train, val, device, search):
     info = DatasetInfo("imagenet", len(train.classes), 3, (size, size),
                        tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
     bs, rank, world = ddp.per_rank_batch(o.batch_size), ddp.rank(), ddp.world_size()
+    # Crops and flips happen as the workers decode (ImageFolderDataset); colour jitter on the device.
+    jitter = Augment(padding=0, flip=False, color_jitter=d.color_jitter) if d.color_jitter else None
     # Training halves: every world-th image of each epoch's order; evaluation: a fixed shard.
     mk = lambda ds, idx, shuffle, s: (
-        FolderLoader(ds, idx, bs, True, device, s, d.workers, drop_last=True, rank=rank, world_size=world)
+        FolderLoader(ds, idx, bs, True, device, s, d.workers, drop_last=True, rank=rank, world_size=world,
+                     augment=jitter)
         if shuffle else FolderLoader(ds, list(idx)[rank::world], bs, False, device, s, d.workers, False))
     if search:
         w_idx, a_idx = imagenet_search_subset(train, d.split, seed)
