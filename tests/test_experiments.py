@@ -128,6 +128,11 @@ def test_flexibility_and_animation_show_every_epoch_of_a_dst_search(tmp_path):
         assert r["imagenet_params_M"] > 0 and r["cifar_macs_M"] > 0
         gif = Image.open(out / f"cells-lambda-{r['dst_lambda']}.gif")
         assert gif.n_frames == 2  # one frame per epoch
+        # the sparsest epoch, which a small final tau can leave behind (design.md)
+        e, n, red = min(r["connections_per_epoch"], key=lambda p: (p[1] + p[2], p[0]))
+        assert r["fewest_edges"] == f"{n} / {red} (epoch {e})" and e in (1, 2)
+        assert r["tau_final_epoch"] == r["epochs"][-1]["tau"]
+    assert "fewest edges N / R (epoch)" in (out / "table.md").read_text()
     run_dir = out / "runs/lambda-0.1"
     anim = run_experiment("animation", "cpu", tmp_path / "anim", quiet=True, run=str(run_dir))
     series = connection_series(run_dir)

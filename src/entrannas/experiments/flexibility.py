@@ -35,12 +35,17 @@ def run(ctx: Context) -> dict:
         animate_search(r["run_dir"], ctx.out / f"cells-lambda-{lam}.gif", title=f"DST lambda {lam}")
         series[f"lambda {lam}"] = connection_series(r["run_dir"])
         r["connections_per_epoch"] = series[f"lambda {lam}"]
+        r["tau_final_epoch"] = r["epochs"][-1]["tau"] if r["epochs"] else float("nan")
+        if series[f"lambda {lam}"]:  # the sparsest epoch: a cell can fill up again at a small tau
+            e, n, red = min(series[f"lambda {lam}"], key=lambda p: (p[1] + p[2], p[0]))
+            r["fewest_edges"] = f"{n} / {red} (epoch {e})"  # epochs counted from 1, as in the log
     plot_connections(series, ctx.out / "connections.png")
     table = markdown_table(
         [("dst_lambda", "lambda"), ("edges", "edges N / R"), ("inputs", "distinct inputs N / R"),
          ("imagenet_params_M", "params M (ImageNet net)"),
          ("imagenet_macs_M", "FLOPs M (ImageNet net)"), ("cifar_params_M", "params M (CIFAR net)"),
          ("cifar_macs_M", "FLOPs M (CIFAR net)"), ("val_acc", "super-net val acc %"),
+         ("tau_final_epoch", "tau (final epoch)", 4), ("fewest_edges", "fewest edges N / R (epoch)"),
          ("paper_edges", "paper edges"), ("paper_params_M", "paper params M"),
          ("paper_macs_M", "paper FLOPs M")], rows)
     note = ("Edges count (op, input) arrows into the intermediate nodes, as the paper's cell "
@@ -48,7 +53,9 @@ def run(ctx: Context) -> dict:
             "pairs, several ops may share one. Params "
             "and FLOPs (multiply-adds, as the paper counts them) are of the target network each "
             "genotype builds in the ImageNet setting (C=48, 14 cells, 224x224) and the CIFAR "
-            "setting (C=36, 20 cells, 32x32), without auxiliary head. Pictures: "
+            "setting (C=36, 20 cells, 32x32), without auxiliary head. Fewest edges: the sparsest "
+            "epoch's cells; where that is not the last epoch at a small final tau, the cells filled "
+            "up again (docs/design.md, \"DST at a small temperature\"). Pictures: "
             "cells-lambda-*.gif (one frame per epoch), connections.png.")
     write_summary(ctx, "Table 4: EnTranNAS-DST with different lambda", [table], {"rows": rows}, note)
     return {"rows": rows}
