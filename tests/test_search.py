@@ -396,3 +396,12 @@ def test_a_dst_search_annealed_below_0_05_says_its_cell_will_fill_up_again(refer
                     "model.tau_final=0.0057"), out, quiet=True)
     log = (out / "log.txt").read_text()
     assert "fills up again" in log and "model.tau_final=0.1" in log
+
+
+def test_lr_warmup_ramps_the_weights_learning_rate_of_a_search(tmp_path):
+    """optim.lr_warmup_epochs (PC-DARTS' ImageNet search): (e + 1) / n of the cosine's rate."""
+    cfg = _cfg("optim.lr_warmup_epochs=2")
+    run_search(cfg, tmp_path / "ramp", quiet=True)
+    lrs = [r["lr"] for r in _metrics(tmp_path / "ramp")]
+    cosine = [S.cosine_lr(cfg.optim.lr, cfg.optim.lr_min, e, 3) for e in range(3)]
+    assert lrs == pytest.approx([cosine[0] / 2, cosine[1], cosine[2]])

@@ -123,6 +123,10 @@ class SearchOptimConfig:
     # leaving at least one architecture epoch.
     warmup_epochs: int = 0
     warmup_fraction: float | None = None
+    # Not the same thing: epochs over which the weights' learning rate ramps up, (e + 1) / n of
+    # the cosine's rate in epoch e < n, as PC-DARTS' ImageNet search does at batch 1024 (our
+    # presets leave it at 0: the paper does not say it ramps).
+    lr_warmup_epochs: int = 0
     # Training batches run forward before each validation to measure the BatchNorm running
     # statistics on the current architecture (bnstats.py; 0: validate with the statistics
     # training left, which a Transit-cell updates only on the steps that select an op). Every

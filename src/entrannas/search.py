@@ -174,6 +174,12 @@ def cosine_lr(base: float, minimum: float, epoch: int, epochs: int) -> float:
     return minimum + 0.5 * (base - minimum) * (1 + math.cos(math.pi * epoch / epochs))
 
 
+def ramp_lr(lr: float, epoch: int, warmup: int) -> float:
+    """`lr` ramped up over the first `warmup` epochs: (epoch + 1) / warmup of it before then
+    (optim.lr_warmup_epochs, PC-DARTS' ImageNet recipe)."""
+    return lr * (epoch + 1) / warmup if epoch < warmup else lr
+
+
 def cell_summary(genotype) -> dict:
     """Edges (distinct input connections) and ops per derived cell: Table 4's columns."""
     out = {}
@@ -302,7 +308,8 @@ class _Search(StepAccounting):
         bar = progress(total, done0, "search")
         while self.epoch < cfg.optim.epochs:
             e = self.epoch
-            lr = cosine_lr(cfg.optim.lr, cfg.optim.lr_min, e, cfg.optim.epochs)
+            lr = ramp_lr(cosine_lr(cfg.optim.lr, cfg.optim.lr_min, e, cfg.optim.epochs), e,
+                         cfg.optim.lr_warmup_epochs)
             for group in self.w_opt.param_groups:
                 group["lr"] = lr
             net.set_epoch(e)

@@ -35,7 +35,7 @@ from .loop import (StepAccounting, StopFlag, build_loaders, evaluate, make_run_f
 from .measure import count_macs, count_params
 from .rundir import RunFolder, Timer, format_eta
 from .runlock import hold_run
-from .search import cosine_lr
+from .search import cosine_lr, ramp_lr
 
 __all__ = ["run_training", "resume_training", "train_step", "build_net", "lr_at", "TrainResult"]
 
@@ -48,9 +48,7 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
         lr = o.lr - (o.lr - o.lr_min) * epoch / o.epochs
     else:
         lr = cosine_lr(o.lr, o.lr_min, epoch, o.epochs)
-    if epoch < o.lr_warmup_epochs:
-        lr *= (epoch + 1) / o.lr_warmup_epochs
-    return lr
+    return ramp_lr(lr, epoch, o.lr_warmup_epochs)
 
 
 def build_net(cfg: TrainConfig, genotype: Genotype, info, device: torch.device | str | None = None):
