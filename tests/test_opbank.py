@@ -283,6 +283,38 @@ def test_transit_plans_are_cached_and_bounded():
     assert second["hits"] > first["hits"]
 
 
+
+def test_a_compiled_transit_cell_compiles_once_per_selection():
+    """torch.compile of a cell (benchmarks/compile_step.py) graphs it once per selection, and
+    an Engine-cell once: the plan cache, its counters and the cells' index caches are left
+    alone while dynamo traces (it would guard on them and trace again on the next call). The
+    compiled cells compute what the eager ones do."""
+    net = SuperNet(method="entrannas", C=8, layers=5)
+    cell = net.cells[1]
+    s0, s1 = torch.relu(torch.randn(2, 24, 8, 8)), torch.relu(torch.randn(2, 32, 8, 8))
+    graphs = []
+
+    def backend(gm, inputs):  # dynamo only (no inductor): counts the graphs it hands over
+        graphs.append(gm)
+        return gm.forward
+
+    sel = ((1, 4), (0, 3)), ((2, 1), (1, 2)), ((0, 6), (3, 7)), ((4, 5), (1, 5))  # (source, op)
+    other = (((1, 1), (0, 3)),) + sel[1:]
+    compiled = torch.compile(cell.forward_transit, backend=backend, dynamic=False)
+    for _ in range(3):
+        out = compiled(s0, s1, sel, activated=True)
+    assert len(graphs) == 1
+    torch.testing.assert_close(out, cell.forward_transit(s0, s1, sel, activated=True), rtol=TOL, atol=TOL)
+    compiled(s0, s1, other, activated=True)
+    assert len(graphs) == 2  # a new derived cell is a new graph
+    state = net.arch_state()
+    args = (s0, s1, state.coeff["reduce"], state.active["reduce"], None)
+    engine = torch.compile(cell.forward_engine, backend=backend, dynamic=False)
+    for _ in range(2):
+        out = engine(*args, activated=True)
+    assert len(graphs) == 3
+    torch.testing.assert_close(out, cell.forward_engine(*args, activated=True), rtol=TOL, atol=TOL)
+
 @pytest.mark.parametrize("method", ["darts", "entrannas", "dst", "pcdarts"])
 def test_no_tensor_is_relu_d_twice_in_a_forward(method):
     """Each cell output feeds the next two cells, whose preprocessing both start with a ReLU:

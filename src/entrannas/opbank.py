@@ -396,6 +396,10 @@ def get_plan(sharing: bool, n_ops: int, engine: bool, pairs: tuple, device: torc
     this layout. `edges`: with partial channels, the (i, j) edges whose bypass joins node j."""
     key = (sharing, n_ops, engine, pairs, edges, str(device))
     plan = _PLANS.get(key)
+    if torch.compiler.is_compiling():
+        # While a cell is traced for torch.compile, neither the counters nor the cache change:
+        # dynamo would guard on them and trace again on the next call (the plan is baked in).
+        return plan if plan is not None else _build_plan(sharing, n_ops, engine, pairs, device, edges)
     if plan is not None:
         _stats["hits"] += 1
         _PLANS.move_to_end(key)
@@ -612,10 +616,17 @@ class BankedCell(nn.Module):
         return self._row(segment, 0, 1, device)
 
     def _row(self, segment: int, row: int, size: int, device) -> Rows:
-        key = ("row", segment, row, size, str(device))
-        if key not in self._cache:
-            self._cache[key] = Rows(segment, (row,), size, device)
-        return self._cache[key]
+        return self._cached(("row", segment, row, size, str(device)), lambda: Rows(segment, (row,), size, device))
+
+    def _cached(self, key, build):
+        """self._cache[key], built once; not stored while torch.compile traces the cell (dynamo
+        would guard on the cache's contents and trace it again on the next call)."""
+        if key in self._cache:
+            return self._cache[key]
+        value = build()
+        if not torch.compiler.is_compiling():
+            self._cache[key] = value
+        return value
 
     def _point_input(self, nodes, point: Point, p: int) -> torch.Tensor:
         """The point's used sources, channel-concatenated, squeezed by the bottleneck."""
@@ -707,10 +718,9 @@ class BankedCell(nn.Module):
             return x.narrow(1, positions[0] * C, len(positions) * C)
         if len(positions) % n_sources == 0 and positions == tuple(range(n_sources)) * (len(positions) // n_sources):
             return _like(x.repeat(1, len(positions) // n_sources, 1, 1), x)  # backward: a sum
-        key = ("gather", positions, str(x.device))
-        if key not in self._cache:
-            self._cache[key] = torch.tensor([q * C + c for q in positions for c in range(C)], device=x.device)
-        return _like(x.index_select(1, self._cache[key]), x)
+        index = self._cached(("gather", positions, str(x.device)), lambda: torch.tensor(
+            [q * C + c for q in positions for c in range(C)], device=x.device))
+        return _like(x.index_select(1, index), x)
 
     def _mix(self, outs, point: Point, flat_coeff, acc) -> None:
         """acc[j] += sum over blocks of coeff * block, as one product for the point."""
