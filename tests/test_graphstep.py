@@ -13,7 +13,7 @@ from entrannas import accel
 from entrannas.config import ConfigError, load_config
 from entrannas.graphstep import Eager, GraphCache, GraphedSearchStep
 from entrannas.loop import make_run_folder
-from entrannas.opbank import Plan, clear_plan_cache
+from entrannas.opplan import Plan, clear_plan_cache
 from entrannas.optim import optimizer_options
 from entrannas.search import _drive, _Search, run_search, search_step
 from entrannas.supernet import SuperNet

@@ -9,7 +9,8 @@ import torch
 from entrannas import SuperNet
 from entrannas.cells import SearchCell
 from entrannas.genotype import Genotype
-from entrannas.opbank import BankedCell, clear_plan_cache, get_plan, plan_cache_info
+from entrannas.opbank import BankedCell
+from entrannas.opplan import clear_plan_cache, get_plan, plan_cache_info
 from entrannas.ops import op_names
 from entrannas.genotype import CellGenotype
 from helpers import DST_NODES

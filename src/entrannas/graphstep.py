@@ -32,7 +32,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from .opbank import plans_in_use
+from .opplan import plans_in_use
 from .optim import clip_grad_norm_
 from .supernet import frozen
 
