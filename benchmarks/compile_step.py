@@ -8,6 +8,7 @@ gives Adam the search's lr, and a selection that changes compiles its Transit-ce
 
     python benchmarks/compile_step.py                 # batch 64, 3 timed steps each
     python benchmarks/compile_step.py --batch 16 --steps 2
+    python benchmarks/compile_step.py --forms          # the CPU forms inside the compiled cells
 
 Prints s/step (median), top-level aten ops per step (search_step.py's counter: the
 compiled kernels are not aten ops, the convolutions they call are) and the compile time of
@@ -41,6 +42,9 @@ def main(argv=None):
     ap.add_argument("--config", default="bottleneck", choices=list(CONFIGS))
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--forms", action="store_true",
+                    help="keep the CPU forms (cpuconv) inside the compiled cells; they step aside "
+                         "while a graph is compiled otherwise")
     ap.add_argument("--moving", action="store_true",
                     help="the search's arch lr (3e-4): the selection may change between steps")
     args = ap.parse_args(argv)
@@ -64,10 +68,15 @@ def main(argv=None):
 
     step()
     rows = []
-    for label in ("eager, CPU forms", "eager, plain calls", "compiled cells"):
-        cpuconv.ENABLED = label == "eager, CPU forms"
+    compiled_label = "compiled cells" + (", CPU forms" if args.forms else "")
+    for label in ("eager, CPU forms", "eager, plain calls", compiled_label):
+        cpuconv.ENABLED = label.endswith("CPU forms")
         first = None
-        if label == "compiled cells":
+        if label == compiled_label:
+            if args.forms:  # the same test as cpuconv._nchw_cpu, without its "not while compiling"
+                cpuconv._nchw_cpu = lambda x: (
+                    cpuconv.ENABLED and x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point()
+                    and (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)))
             compile_cells(net)
             t = time.perf_counter()
             step()
