@@ -73,10 +73,7 @@ def main(argv=None):
         cpuconv.ENABLED = label.endswith("CPU forms")
         first = None
         if label == compiled_label:
-            if args.forms:  # the same test as cpuconv._nchw_cpu, without its "not while compiling"
-                cpuconv._nchw_cpu = lambda x: (
-                    cpuconv.ENABLED and x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point()
-                    and (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)))
+            cpuconv.IN_COMPILED = args.forms
             compile_cells(net)
             t = time.perf_counter()
             step()

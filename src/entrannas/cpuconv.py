@@ -45,6 +45,10 @@ from . import narrowbn
 __all__ = ["conv2d", "pool_3x3", "batch_norm", "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "ENABLED"]
 
 ENABLED = True
+# Whether the forms also run inside graphs that torch.compile traces. Off, so exports keep
+# plain convolutions; benchmarks/compile_step.py --forms turns it on to time compiled cells
+# with them.
+IN_COMPILED = False
 
 
 def _pair(v) -> tuple[int, int]:
@@ -58,7 +62,7 @@ def _nchw_cpu(x: torch.Tensor) -> bool:
     whose casts the plain calls make."""
     return ENABLED and x.device.type == "cpu" and x.dim() == 4 and x.is_floating_point() and \
         (x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)) and \
-        not torch.jit.is_tracing() and not torch.compiler.is_compiling() and \
+        not torch.jit.is_tracing() and (IN_COMPILED or not torch.compiler.is_compiling()) and \
         not torch.is_autocast_enabled("cpu")
 
 
