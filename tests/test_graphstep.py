@@ -8,8 +8,9 @@ import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from entrannas import accel
+from entrannas import accel, cpuconv, narrowbn
 from entrannas.config import ConfigError, load_config
 from entrannas.graphstep import Eager, GraphCache, GraphedSearchStep
 from entrannas.loop import make_run_folder
@@ -183,6 +184,87 @@ def test_graphed_phases_give_the_eager_steps_bit_for_bit(method, kw):
         assert net2.last_selection == net.last_selection
     counts = graphed.cache.take_counts()
     assert counts["replayed"] > 0 and counts["captured"] > 0  # the captured path did run
+
+
+class CaptureRules(TorchDispatchMode):
+    """What a CUDA graph capture refuses, as far as a CPU run shows it: a device value read on
+    the host (item, bool, float: `_local_scalar_dense`; `nonzero`, whose shape is data), a
+    tensor made from host data (`torch.tensor`: `lift_fresh`), a copy across devices
+    (`_to_copy` given a device). On CUDA any of them inside a capture fails it, and the derived
+    cell then runs eagerly for the whole search: nothing is wrong but the speed."""
+    REFUSED = {"_local_scalar_dense", "nonzero", "lift_fresh", "lift_fresh_copy", "is_nonzero",
+               "equal", "masked_select", "unique", "_unique2", "repeat_interleave"}
+
+    def __init__(self, found):
+        super().__init__()
+        self.found = found
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self.REFUSED or (name == "_to_copy" and (kwargs or {}).get("device") is not None):
+            self.found.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+class Checked(Eager):
+    """The stand-in backend, running each captured function under CaptureRules (and with the
+    host reads that dispatch no op, tolist/numpy/cpu, recorded too). `key` is the phase being
+    run: the Adam phase is left out, since the CUDA step's Adam is the capturable one, which a
+    CPU cannot run."""
+
+    def __init__(self, monkeypatch):
+        self.found, self.key, self.checked = [], None, 0
+        for name in ("tolist", "numpy", "cpu"):
+            real = getattr(torch.Tensor, name)
+
+            def host_read(t, *a, _real=real, _name=name, **k):
+                if self.checking:
+                    self.found.append(_name)
+                return _real(t, *a, **k)
+            monkeypatch.setattr(torch.Tensor, name, host_read)
+        self.checking = False
+
+    def capture(self, fn):
+        if self.key[0] == "adam":
+            return super().capture(fn)
+
+        def checked():
+            self.checking, self.checked = True, self.checked + 1
+            try:
+                with CaptureRules(self.found):
+                    return fn()
+            finally:
+                self.checking = False
+        return super().capture(checked)
+
+
+@pytest.mark.parametrize("method,kw,narrow_bn", [
+    ("entrannas", {}, "native"), ("entrannas", {}, "var_mean"), ("dst", {}, "native"),
+    ("darts", {}, "native"), ("pcdarts", {}, "native"), ("entrannas", {"engine_cells": "last"}, "native")])
+def test_the_captured_phases_do_nothing_a_cuda_graph_capture_refuses(method, kw, narrow_bn, monkeypatch):
+    """The forward, backward, clip and SGD step that a CUDA graph records, on the GPU's code
+    path (plain calls, not the CPU forms): no host read of a device value, no tensor from host
+    data. The eager step may do either (it is never captured); a capture may not."""
+    monkeypatch.setattr(cpuconv, "ENABLED", False)  # what a GPU runs
+    narrowbn.set_form(narrow_bn)
+    try:
+        net, w, a = _net(method, **kw)
+        backend = Checked(monkeypatch)
+        graphed = GraphedSearchStep(net, w, a, 5.0, capacity=8, backend=backend)
+        run = graphed.cache.run
+
+        def keyed(key, fn, *tensors):
+            backend.key = key
+            return run(key, fn, *tensors)
+        monkeypatch.setattr(graphed.cache, "run", keyed)
+        g = torch.Generator().manual_seed(1)
+        b = (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 10, (8,), generator=g))
+        for _ in range(4):
+            graphed.step(b, b, True)
+    finally:
+        narrowbn.set_form("native")
+    assert backend.checked >= 4  # the arch and weight phases, captured and replayed
+    assert not backend.found, sorted(set(backend.found))
 
 
 def test_a_search_with_graphs_is_the_eager_search_and_reports_its_replays(tmp_path):
