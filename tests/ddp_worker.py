@@ -15,10 +15,11 @@ from entrannas.config import load_config
 
 # No augmentation: BatchLoader draws it per (batch, rank), so with it on, two ranks would see
 # other (equally valid) crops and flips than one process does. Drop path off for the same reason
-# (its masks come from each rank's generator). C=8: at C=4 with bottleneck 1 or 2 the first
-# weight step's gradients differ by up to 21% between two processes and one, while at C=8
-# (bottleneck 2 or 4) and at C=4 with bottleneck 4 they agree to 2e-5 (2026-12-02, not yet
-# explained). Everything else is the shipped presets.
+# (its masks come from each rank's generator). C=8 keeps the derived cell clear of near-ties: at
+# C=4, bottleneck 2 and 28x28 images, two Adam steps leave two ops of one reduction edge 1e-6
+# apart in alpha, the rounding of two processes against one (3e-6) picks the other op, and
+# the Transit-cells then run different paths (docs/design.md, "Several processes").
+# Everything else is the shipped presets.
 NO_AUG = ["data.crop_pad=0", "data.flip=false", "data.cutout=0", "run.tensorboard=false",
           "run.plots=false", "run.log_every=1"]
 SEARCH = NO_AUG + ["data.limit=32", "data.eval_limit=40", "model.C=8", "model.layers=5", "optim.lr=0.01",
