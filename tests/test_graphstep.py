@@ -213,7 +213,7 @@ class Checked(Eager):
     CPU cannot run."""
 
     def __init__(self, monkeypatch):
-        self.found, self.key, self.checked = [], None, 0
+        self.found, self.key, self.checked, self.checking = [], None, 0, False
         for name in ("tolist", "numpy", "cpu"):
             real = getattr(torch.Tensor, name)
 
@@ -222,7 +222,6 @@ class Checked(Eager):
                     self.found.append(_name)
                 return _real(t, *a, **k)
             monkeypatch.setattr(torch.Tensor, name, host_read)
-        self.checking = False
 
     def capture(self, fn):
         if self.key[0] == "adam":
