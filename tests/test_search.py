@@ -14,6 +14,7 @@ from entrannas.checkpoint import load_checkpoint
 from entrannas.config import load_config
 from entrannas import search as S
 from entrannas.search import resume_search, run_search, run_search_seeds
+from entrannas.supernet import SuperNet
 
 TINY = ["data.limit=192", "data.eval_limit=128", "model.C=4", "model.layers=5", "optim.batch_size=32",
         "optim.epochs=3", "run.log_every=1", "run.tensorboard=false", "run.plots=false"]
@@ -396,6 +397,25 @@ def test_a_dst_search_annealed_below_0_05_says_its_cell_will_fill_up_again(refer
                     "model.tau_final=0.0057"), out, quiet=True)
     log = (out / "log.txt").read_text()
     assert "fills up again" in log and "model.tau_final=0.1" in log
+
+
+def test_a_dst_search_without_a_bottleneck_says_its_transit_sums_are_not_normalised(reference, tmp_path):
+    """docs/design.md, "DST without a bottleneck": with every connection active, a Transit-cell
+    node sums up to 35 ops and nothing normalises it, so the first logits are ~100x too large;
+    the log says so, and says nothing where the bottleneck's expansion BatchNorm is there."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 1, 14, 14), torch.randint(0, 10, (32,))
+    losses = {}
+    for b in (1, 2):
+        net = SuperNet(C=4, layers=5, num_classes=10, in_channels=1, method="dst", bottleneck=b)
+        with torch.no_grad():
+            losses[b] = F.cross_entropy(net(x), y).item()
+    assert losses[1] > 30 and losses[2] < 3, losses  # the reason for the note
+    assert "without a bottleneck" not in (reference / "log.txt").read_text()  # bottleneck 2
+    out = tmp_path / "flat"
+    run_search(_cfg("model.method=dst", "model.derivation=dst", "model.bottleneck=1", "optim.epochs=1"),
+               out, quiet=True)
+    assert "EnTranNAS-DST without a bottleneck (model.bottleneck=1)" in (out / "log.txt").read_text()
 
 
 def test_lr_warmup_ramps_the_weights_learning_rate_of_a_search(tmp_path):

@@ -444,6 +444,13 @@ def _drive(search: _Search, run: RunFolder) -> SearchResult:
                          f"edge's strongest op nears p_hat = 1), so near {t(cfg.optim.epochs - 1):.2g} the "
                          f"derived cell fills up again; --set model.tau_decay=null --set model.tau_final=0.1 "
                          f"ends the annealing at 0.1 (docs/design.md, DST at a small temperature)")
+        if search.net.derivation == "dst" and cfg.model.bottleneck == 1 and search.net.has_transit():
+            run.log.info("note: EnTranNAS-DST without a bottleneck (model.bottleneck=1) sums a Transit-cell "
+                         "node's active connections (up to 35 at the start, when all are active) with "
+                         "nothing to normalise the sum, which the bottleneck's expansion BatchNorm does: "
+                         "the first loss comes out above 100 (2.3 with a bottleneck) and the first epochs "
+                         "learn slowly; "
+                         "keep model.bottleneck at 2 or more (docs/design.md, DST without a bottleneck)")
         search.run_to_end()
         if ddp.active():  # every rank must have derived the same architecture
             ddp.assert_same_on_all_ranks(search.net.arch_parameters(), "alpha/beta")
