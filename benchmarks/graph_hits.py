@@ -94,24 +94,11 @@ def shape_key(key: list, sharing: bool) -> str:
     return json.dumps([phase, shape, batch_shape])
 
 
-class _Nothing:
-    """A graph backend that records nothing: only the cache's bookkeeping runs."""
-    class _Graph:
-        def replay(self):
-            return ()
-
-        def release(self):
-            pass
-
-    def capture(self, fn):
-        return self._Graph()
-
-
 def simulate(keys: dict, capacity: int, flush: bool, by_shape: bool) -> tuple[list[dict], list[Counter]]:
     """The recorded key sequence through a GraphCache with this policy: its counts per epoch,
     and per epoch what became of the cell phases alone (arch and weight: the costly ones; the
     Adam phase is one key that replays all epoch)."""
-    cache, epochs, cells = GraphCache(capacity, _Nothing()), [], [Counter()]
+    cache, epochs, cells = GraphCache(capacity, Eager()), [], [Counter()]  # fn does nothing
     events = keys["events"]
     for e in events[1:] if events[:1] == [None] else events:  # the first epoch's flush
         if e is None:
@@ -195,6 +182,7 @@ def main(argv=None) -> dict:
         keys = record(args.method, args.epochs, args.set, args.out)
     result = report(keys)
     if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(json.dumps(result, indent=1))
     return result
 
